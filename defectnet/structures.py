@@ -57,7 +57,7 @@ class Detections:
 
     @staticmethod
     def empty(p_defective: float = 0.0, ran_detector: bool = False,
-              device: torch.device | str = "cpu") -> "Detections":
+              device: torch.device | str = "cpu") -> Detections:
         """No detections (a normal image, or a gate exit)."""
         return Detections(
             boxes=torch.zeros((0, 4), dtype=torch.float32, device=device),
@@ -67,7 +67,7 @@ class Detections:
             ran_detector=ran_detector,
         )
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
                           self.p_defective, self.ran_detector)
 

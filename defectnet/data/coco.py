@@ -14,9 +14,10 @@ import io
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from pycocotools.coco import COCO
@@ -100,7 +101,7 @@ class CocoDataset(Dataset[Sample]):
         self.scale = (int(scale[0]), int(scale[1]))
         self.train = train
         self.flip_prob = flip_prob
-        self.background_category_ids = tuple(sorted(set(int(i) for i in background_category_ids)))
+        self.background_category_ids = tuple(sorted({int(i) for i in background_category_ids}))
         self._raw = _load_json(self.ann_file)
         self._build_index()
 

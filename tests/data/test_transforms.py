@@ -1,10 +1,16 @@
+import pytest
 import torch
 
-from defectnet.data.transforms import (PAD_VALUE, Preprocessor, boxes_to_original, hflip, pad_batch,
-                                       rescale_size, resize)
+from defectnet.data.transforms import (
+    PAD_VALUE,
+    Preprocessor,
+    boxes_to_original,
+    hflip,
+    pad_batch,
+    rescale_size,
+    resize,
+)
 from defectnet.errors import ConfigError, DataError
-
-import pytest
 
 
 def test_rescale_size_follows_mmdetection_keep_ratio() -> None:
