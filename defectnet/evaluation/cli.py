@@ -1,0 +1,82 @@
+"""``defectnet-eval``: evaluate run folders and print the seed's table.
+
+Example::
+
+    defectnet-eval runs/one runs/const runs/two-small --data data/fabric --out results.json
+
+One-model runs are evaluated first; the first one's ATT is the ATT_one of every other row's
+ATT_ideal (or pass ``--att-one MS``). Without either, each row uses its own ATT_defective as
+the full-path time and its JSON says so (``att_one_source``).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import click
+import torch
+
+from defectnet.errors import DefectNetError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Data folder with annotations/{split}.json and images/.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write all results as JSON.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed warm-up calls before timing.")
+@click.option("--att-one", "att_one_ms", type=float, default=None,
+              help="One-model ATT (ms) for ATT_ideal [default: from a one-model run given here].")
+@click.option("--gate-threshold", type=float, default=None, help="Override the gate's P(defective) threshold.")
+@click.option("--no-progress", is_flag=True)
+def main(run_dirs: tuple[str, ...], data_dir: str, split: str, out_file: str | None, device: str, warmup: int,
+         att_one_ms: float | None, gate_threshold: float | None, no_progress: bool) -> None:
+    """Evaluate RUN_DIR... on --data: mAP, F1, ATT (seed table) plus gate recall and latency."""
+    from defectnet.evaluation.evaluate import EvalResult, evaluate_run
+    from defectnet.evaluation.report import deployment_table, per_class_table, seed_table
+    from defectnet.io import atomic_write_json
+    from defectnet.train.checkpoint import read_run_json
+
+    try:
+        if warmup < 0:
+            raise click.BadParameter("--warmup must be >= 0")
+        variants = [read_run_json(r).get("variant") for r in run_dirs]
+        order = sorted(range(len(run_dirs)), key=lambda i: variants[i] != "one-model")
+        results: dict[int, EvalResult] = {}
+        att_one = att_one_ms
+        att_one_from = "--att-one" if att_one_ms is not None else None
+        for i in order:
+            r = evaluate_run(run_dirs[i], data_dir, split=split, device=device, warmup=warmup,
+                             att_one_ms=att_one, gate_threshold=gate_threshold, progress=not no_progress)
+            if att_one is None and variants[i] == "one-model":
+                att_one, att_one_from = r.att_ms, run_dirs[i]
+            if att_one_from is not None and att_one is not None and r.att_one_source == "given":
+                r.notes.append(f"att_one_ms from {att_one_from}")
+            results[i] = r
+            click.echo(f"evaluated {run_dirs[i]}", err=True)
+        ordered = [results[i] for i in range(len(run_dirs))]
+    except DefectNetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"\n{split} split of {data_dir}, {device}, batch 1 "
+               "(ATT_normal/ATT_defective by ground truth; the seed's table had them swapped)\n")
+    click.echo(seed_table(ordered))
+    click.echo("")
+    click.echo(deployment_table(ordered))
+    click.echo("")
+    click.echo(per_class_table(ordered))
+    if out_file:
+        atomic_write_json(out_file, {
+            "data": data_dir, "split": split, "device": device, "warmup": warmup,
+            "torch": torch.__version__, "platform": platform.platform(),
+            "cuda_device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+            "results": [r.to_dict() for r in ordered],
+        })
+        click.echo(f"\nwrote {out_file}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
