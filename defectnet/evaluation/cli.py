@@ -35,29 +35,14 @@ from defectnet.errors import DefectNetError
 def main(run_dirs: tuple[str, ...], data_dir: str, split: str, out_file: str | None, device: str, warmup: int,
          att_one_ms: float | None, gate_threshold: float | None, no_progress: bool) -> None:
     """Evaluate RUN_DIR... on --data: mAP, F1, ATT (seed table) plus gate recall and latency."""
-    from defectnet.evaluation.evaluate import EvalResult, evaluate_run
+    from defectnet.evaluation.evaluate import evaluate_runs
     from defectnet.evaluation.report import deployment_table, per_class_table, seed_table
     from defectnet.io import atomic_write_json
-    from defectnet.train.checkpoint import read_run_json
 
     try:
-        if warmup < 0:
-            raise click.BadParameter("--warmup must be >= 0")
-        variants = [read_run_json(r).get("variant") for r in run_dirs]
-        order = sorted(range(len(run_dirs)), key=lambda i: variants[i] != "one-model")
-        results: dict[int, EvalResult] = {}
-        att_one = att_one_ms
-        att_one_from = "--att-one" if att_one_ms is not None else None
-        for i in order:
-            r = evaluate_run(run_dirs[i], data_dir, split=split, device=device, warmup=warmup,
-                             att_one_ms=att_one, gate_threshold=gate_threshold, progress=not no_progress)
-            if att_one is None and variants[i] == "one-model":
-                att_one, att_one_from = r.att_ms, run_dirs[i]
-            if att_one_from is not None and att_one is not None and r.att_one_source == "given":
-                r.notes.append(f"att_one_ms from {att_one_from}")
-            results[i] = r
-            click.echo(f"evaluated {run_dirs[i]}", err=True)
-        ordered = [results[i] for i in range(len(run_dirs))]
+        ordered = evaluate_runs(run_dirs, data_dir, split=split, device=device, warmup=warmup,
+                                att_one_ms=att_one_ms, gate_threshold=gate_threshold, progress=not no_progress,
+                                log=lambda m: click.echo(m, err=True))
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -239,3 +239,32 @@ def evaluate_run(run_dir: str | os.PathLike[str], data_dir: str | os.PathLike[st
     result.run_dir = str(Path(run_dir))
     result.split = split
     return result
+
+
+def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os.PathLike[str], *,
+                  split: str = "test", device: str = "cpu", warmup: int = 3, att_one_ms: float | None = None,
+                  gate_threshold: float | None = None, progress: bool = True,
+                  log: Callable[[str], None] = lambda _: None) -> list[EvalResult]:
+    """Evaluate several runs side by side, in the order given.
+
+    One-model runs are evaluated first: the first one's ATT becomes ATT_one of every other
+    row's ATT_ideal (unless ``att_one_ms`` is given), as the seed's table compares against it.
+    """
+    from defectnet.train.checkpoint import read_run_json
+
+    if warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
+    variants = [read_run_json(r).get("variant") for r in run_dirs]
+    order = sorted(range(len(run_dirs)), key=lambda i: variants[i] != "one-model")
+    results: dict[int, EvalResult] = {}
+    att_one, att_one_from = att_one_ms, ("given" if att_one_ms is not None else None)
+    for i in order:
+        r = evaluate_run(run_dirs[i], data_dir, split=split, device=device, warmup=warmup, att_one_ms=att_one,
+                         gate_threshold=gate_threshold, progress=progress)
+        if att_one is None and variants[i] == "one-model":
+            att_one, att_one_from = r.att_ms, str(run_dirs[i])
+        if att_one_from is not None and r.att_one_source == "given":
+            r.notes.append(f"att_one_ms from {att_one_from}")
+        results[i] = r
+        log(f"evaluated {run_dirs[i]}")
+    return [results[i] for i in range(len(run_dirs))]

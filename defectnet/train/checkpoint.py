@@ -58,7 +58,7 @@ class ModelIO:
     """The model-side functions checkpoints need.
 
     detector_config / classifier_config: keyword values -> the full, validated config dict
-    (``ModelConfig(**kw).to_dict()``), which checkpoints store.
+    (``ModelConfig.preset(**kw).to_dict()``: ``preset`` names the size), which checkpoints store.
     build_detector / build_classifier: a config dict -> a fresh model.
     save_weights / load_weights: safetensors files. two_model: (classifier, detector, gate
     threshold) -> model.
@@ -77,8 +77,12 @@ def default_model_io() -> ModelIO:
     """The real :mod:`defectnet.model` (imported lazily)."""
     import defectnet.model as m
 
+    def detector_config(kw: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: v for k, v in kw.items() if k != "preset"}
+        return m.ModelConfig.preset(kw.get("preset", "paper"), **fields).to_dict()
+
     return ModelIO(
-        detector_config=lambda kw: m.ModelConfig(**kw).to_dict(),
+        detector_config=detector_config,
         classifier_config=lambda kw: m.ClassifierConfig(**kw).to_dict(),
         build_detector=lambda d: m.build_model(m.ModelConfig.from_dict(d)),
         build_classifier=lambda d: m.build_classifier(m.ClassifierConfig.from_dict(d)),

@@ -20,6 +20,7 @@ import sys
 import click
 
 from defectnet.errors import DefectNetError
+from defectnet.model.config import MODEL_PRESETS
 from defectnet.train.config import TrainConfig, Variant
 from defectnet.train.schedules import ORIGINAL_DEFAULTS, GateLossSchedule, Strategy
 
@@ -72,7 +73,10 @@ def _gate_schedule(variant: Variant, w0: float | None, k: float | None, t: float
               help="Two-model classifier epochs [default: --epochs; the original used 52 for small].")
 @click.option("--detector", "detector_run", type=click.Path(file_okay=False, exists=True), default=None,
               help="Two-model: reuse this finished one-model run as the detector.")
-@click.option("--fpn-channels", default=256, show_default=True, type=int)
+@click.option("--preset", "model_preset", type=click.Choice(sorted(MODEL_PRESETS)), default="paper",
+              show_default=True, help="Detector size: paper = the original recipe; compact = scaled for CPU "
+              "training on reduced-size images (narrow FPN/box head, scale-4 anchors, fewer RoIs).")
+@click.option("--fpn-channels", default=None, type=int, help="FPN width [default: the preset's].")
 @click.option("--background-id", "background_ids", multiple=True, type=int, default=(0,), show_default=True,
               help="COCO category id(s) that mark normal images.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
@@ -85,7 +89,7 @@ def main(variant: str, data_dir: str, out_dir: str, backbone: str, backbone_weig
          batch_size: int, scale: str, lr: float | None, warmup_iters: int, max_warmup_fraction: float,
          grad_clip: float, gate_weight: float | None, gate_scale_factor: float | None,
          gate_period: float | None, gate_base: float | None, gate_threshold: float,
-         classifier_epochs: int | None, detector_run: str | None, fpn_channels: int,
+         classifier_epochs: int | None, detector_run: str | None, model_preset: str, fpn_channels: int | None,
          background_ids: tuple[int, ...], device: str, seed: int, workers: int, keep_checkpoints: int,
          resume: bool, no_progress: bool) -> None:
     """Train a one-model, two-model or DefectNet variant with the original recipe.
@@ -105,7 +109,7 @@ def main(variant: str, data_dir: str, out_dir: str, backbone: str, backbone_weig
             seed=seed, workers=workers, device=device, backbone=backbone, backbone_weights=backbone_weights,
             gate_schedule=_gate_schedule(v, gate_weight, gate_scale_factor, gate_period, gate_base),
             gate_threshold=gate_threshold, classifier_epochs=classifier_epochs, detector_run=detector_run,
-            fpn_channels=fpn_channels, background_category_ids=tuple(background_ids),
+            model_preset=model_preset, fpn_channels=fpn_channels, background_category_ids=tuple(background_ids),
             keep_checkpoints=keep_checkpoints)
         run = train(cfg, data_dir, out_dir, resume=resume, progress=not no_progress,
                     log=lambda m: click.echo(m, err=True))

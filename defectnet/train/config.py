@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from defectnet.errors import ConfigError
+from defectnet.model.config import MODEL_PRESETS
 from defectnet.train.schedules import GateLossSchedule, Strategy
 
 #: The original LR for ``REFERENCE_BATCH`` images per iteration.
@@ -72,7 +73,9 @@ class TrainConfig:
     classifier_epochs: epochs of a two-model's image classifier (None = ``epochs``; the
     original trained 52 for two-model-small and 12 for two-model-large).
     detector_run: a finished one-model run reused as a two-model's detector (None = train one
-    inside the run folder). fpn_channels: the detector's FPN width (tests use small values).
+    inside the run folder). model_preset: the detector size (``paper`` = the original recipe,
+    ``compact`` = scaled for CPU on reduced-size images; see ``defectnet.model.MODEL_PRESETS``).
+    fpn_channels: overrides the preset's FPN width (None = the preset's).
     keep_checkpoints: how many epoch checkpoints to keep (0 = all).
     """
 
@@ -97,7 +100,8 @@ class TrainConfig:
     gate_threshold: float = 0.5
     classifier_epochs: int | None = None
     detector_run: str | None = None
-    fpn_channels: int = 256
+    model_preset: str = "paper"
+    fpn_channels: int | None = None
     background_category_ids: tuple[int, ...] = (0,)
     keep_checkpoints: int = 0
 
@@ -109,7 +113,10 @@ class TrainConfig:
                               f"{[v.value for v in Variant]}") from None
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("fpn_channels", self.fpn_channels)
+        if self.fpn_channels is not None:
+            _positive_int("fpn_channels", self.fpn_channels)
+        if self.model_preset not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model preset {self.model_preset!r}; use one of {sorted(MODEL_PRESETS)}")
         if self.lr is not None:
             _nonneg_float("lr", self.lr)
             if self.lr == 0:

@@ -298,9 +298,12 @@ def _check_fresh_or_resume(out_dir: Path, cfg: TrainConfig, resume: bool) -> Non
 
 
 def _detector_config(model_io: ck.ModelIO, cfg: TrainConfig, num_classes: int, with_gate: bool) -> dict[str, Any]:
-    return model_io.detector_config({
-        "num_classes": num_classes, "backbone": cfg.backbone, "backbone_weights": cfg.backbone_weights,
-        "with_gate": with_gate, "gate_threshold": cfg.gate_threshold, "fpn_channels": cfg.fpn_channels})
+    kw: dict[str, Any] = {
+        "preset": cfg.model_preset, "num_classes": num_classes, "backbone": cfg.backbone,
+        "backbone_weights": cfg.backbone_weights, "with_gate": with_gate, "gate_threshold": cfg.gate_threshold}
+    if cfg.fpn_channels is not None:
+        kw["fpn_channels"] = cfg.fpn_channels
+    return model_io.detector_config(kw)
 
 
 def _train_detector(cfg: TrainConfig, dataset: Any, collate: Collate, stage_dir: Path, model_io: ck.ModelIO,

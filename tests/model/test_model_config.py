@@ -72,3 +72,16 @@ def test_backbone_weights_from_a_local_file(tmp_path: Path) -> None:
         ResNetBody("resnet18", str(bad))
     with pytest.raises(CheckpointError, match="do not fit resnet34"):
         ResNetBody("resnet34", str(path))
+
+
+def test_presets_fill_fields_and_explicit_fields_win() -> None:
+    from defectnet.model.config import MODEL_PRESETS
+
+    paper = ModelConfig.preset("paper", num_classes=3)
+    assert paper == ModelConfig(num_classes=3)
+    compact = ModelConfig.preset("compact", num_classes=3, fpn_channels=32)
+    assert compact.fpn_channels == 32
+    assert compact.representation_size == MODEL_PRESETS["compact"]["representation_size"]
+    assert compact.anchor_sizes == (16, 32, 64, 128, 256)
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        ModelConfig.preset("huge", num_classes=3)
