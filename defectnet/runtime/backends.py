@@ -1,0 +1,297 @@
+"""Inference backends behind one small interface (Polygraphy-like).
+
+A backend runs the graphs of one model; the :class:`~defectnet.runtime.pipeline.Pipeline`
+does everything else (preprocessing, gate decisions, sub-batch selection, box mapping),
+so every backend gets exactly the same inputs::
+
+    backend.load()                                  build sessions (idempotent)
+    p = backend.run_classifier(images, sizes)       two-model engines only
+    p, feats = backend.run_gate(images, sizes)      feats stay where the backend keeps them
+    feats = backend.select(feats, index)            the gate-positive sub-batch
+    raw = backend.run_detector(feats, sizes)        padded RawDetections on the host
+
+images: uint8 ``[B, 3, H, W]`` (preprocessed, padded); sizes: int64 ``[B, 2]`` (h, w);
+index: int64 ``[K]``. ``feats`` is backend-specific and opaque to callers.
+
+:class:`OnnxRuntimeBackend` imports onnxruntime lazily and keeps the features as
+``OrtValue``s on the session's device between the graphs (IOBinding); the sub-batch
+selection runs as a tiny in-memory ``Gather`` graph on the same device, so features never
+visit numpy. :class:`TorchBackend` runs the PyTorch model (the reference).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from defectnet.errors import BackendUnavailableError, EngineError
+from defectnet.runtime.engine import (
+    CLASSIFIER,
+    DETECTOR,
+    DETECTOR_OUTPUTS,
+    FEATURE_NAMES,
+    GATE,
+    GATE_OUTPUTS,
+    Engine,
+)
+
+if TYPE_CHECKING:
+    from defectnet.model import DefectNet, TwoModel
+
+
+@dataclass
+class RawDetections:
+    """Detector outputs on the host, padded: boxes float32 ``[B, M, 4]`` (model-input
+    pixels), scores ``[B, M]``, labels int64 ``[B, M]`` (1..K, 0 = padding), count ``[B]``."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    count: Tensor
+
+    def __len__(self) -> int:
+        return int(self.count.shape[0])
+
+    def image(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(boxes ``[n, 4]``, scores ``[n]``, labels ``[n]``) of image ``i``."""
+        n = int(self.count[i])
+        return self.boxes[i, :n], self.scores[i, :n], self.labels[i, :n]
+
+
+class Backend(abc.ABC):
+    """The interface every backend implements (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Prepare sessions/devices; called once before the first run (idempotent)."""
+
+    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        raise EngineError(f"the {self.name} backend holds no classifier (only two-model engines have one)")
+
+    @abc.abstractmethod
+    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Any]:
+        """-> (P(defective) float32 ``[B]`` on the host, opaque features)."""
+
+    @abc.abstractmethod
+    def select(self, features: Any, index: Tensor) -> Any:
+        """Features of the images ``index`` (int64 ``[K]``, K >= 1), in that order."""
+
+    @abc.abstractmethod
+    def run_detector(self, features: Any, image_sizes: Tensor) -> RawDetections:
+        """Detections of the images whose features are given."""
+
+
+# ----------------------------------------------------------------------------- PyTorch
+class TorchBackend(Backend):
+    """The PyTorch model itself: a DefectNet (with or without gate) or a TwoModel."""
+
+    name = "torch"
+
+    def __init__(self, model: DefectNet | TwoModel, device: str | torch.device = "cpu") -> None:
+        from defectnet.model import TwoModel
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.two_model = isinstance(model, TwoModel)
+        self.detector: DefectNet = model.detector if isinstance(model, TwoModel) else model  # type: ignore[assignment]
+        self.max_detections = int(self.detector.config.detections_per_img)
+
+    @classmethod
+    def from_engine(cls, engine: Engine, device: str | torch.device = "cpu") -> TorchBackend:
+        """The PyTorch model an engine was exported from (its manifest names the checkpoint;
+        the weights' SHA-256 must still match)."""
+        from defectnet.export.source import load_source_from_manifest
+
+        model = load_source_from_manifest(engine.manifest, engine.root).model
+        return cls(model, device)  # type: ignore[arg-type]  # ExportSource checks the type
+
+    @torch.no_grad()
+    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        if not self.two_model:
+            return super().run_classifier(images, image_sizes)
+        p: Tensor = self.model.classifier.p_defective(  # type: ignore[union-attr,operator]
+            images.to(self.device), image_sizes.to(self.device))
+        return p.float().cpu()
+
+    @torch.no_grad()
+    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        p, feats = self.detector.features(images.to(self.device), image_sizes.to(self.device))
+        return p.float().cpu(), feats
+
+    def select(self, features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+        n = next(iter(features.values())).shape[0]
+        if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
+            return features
+        idx = index.to(self.device)
+        return {k: v.index_select(0, idx) for k, v in features.items()}
+
+    @torch.no_grad()
+    def run_detector(self, features: dict[str, Tensor], image_sizes: Tensor) -> RawDetections:
+        sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
+        dets = self.detector.detect(features, sizes)
+        m, b = self.max_detections, len(dets)
+        boxes = torch.zeros(b, m, 4)
+        scores = torch.zeros(b, m)
+        labels = torch.zeros(b, m, dtype=torch.int64)
+        count = torch.zeros(b, dtype=torch.int64)
+        for i, d in enumerate(dets):
+            n = min(int(d.scores.shape[0]), m)
+            boxes[i, :n], scores[i, :n], labels[i, :n] = d.boxes[:n].cpu(), d.scores[:n].cpu(), d.labels[:n].cpu()
+            count[i] = n
+        return RawDetections(boxes, scores, labels, count)
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+_ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def resolve_providers(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``None``/``"cpu"`` -> CPU only; ``"auto"`` -> TensorRT/CUDA providers when this
+    onnxruntime has them, then CPU; a list -> exactly those (each must be available)."""
+    import onnxruntime as ort
+
+    available = list(ort.get_available_providers())
+    if providers is None or providers == "cpu":
+        return list(CPU_PROVIDERS)
+    if providers == "auto":
+        return [p for p in _ACCELERATED if p in available] + list(CPU_PROVIDERS)
+    wanted = [providers] if isinstance(providers, str) else list(providers)
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise BackendUnavailableError(
+            f"onnxruntime {ort.__version__} here has no {', '.join(missing)} (available: {', '.join(available)}); "
+            "install onnxruntime-gpu for CUDA/TensorRT, or use the CPU provider")
+    return wanted
+
+
+def _selector_model(opset: int = 17) -> bytes:
+    """A 5-node graph: Gather(axis 0) of c2..c5 by an int64 index (sub-batch selection on
+    the session's device)."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", f"ch_{n}", f"h_{n}", f"w_{n}"])
+              for n in FEATURE_NAMES]
+    inputs.append(helper.make_tensor_value_info("index", TensorProto.INT64, ["k"]))
+    outputs = [helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, ["k", f"ch_{n}", f"h_{n}", f"w_{n}"])
+               for n in FEATURE_NAMES]
+    nodes = [helper.make_node("Gather", [n, "index"], [f"{n}_out"], axis=0) for n in FEATURE_NAMES]
+    graph = helper.make_graph(nodes, "select_sub_batch", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+class OnnxRuntimeBackend(Backend):
+    """The engine's ONNX graphs in ONNX Runtime (see the module docstring).
+
+    providers: see :func:`resolve_providers` (default: CPU). Features stay on the first
+    provider's device as OrtValues; only P(defective) and the padded detections come back
+    to the host.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, engine: Engine, providers: str | list[str] | tuple[str, ...] | None = None,
+                 intra_op_threads: int = 0) -> None:
+        self.engine = engine
+        self._providers_arg = providers
+        self.intra_op_threads = intra_op_threads
+        self._sessions: dict[str, Any] = {}
+        self.providers: list[str] = []
+        self.device = "cpu"
+
+    def load(self) -> None:
+        if self._sessions:
+            return
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a dependency of the package
+            raise BackendUnavailableError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
+        self.providers = resolve_providers(self._providers_arg)
+        self.device = "cuda" if self.providers[0] in _ACCELERATED else "cpu"
+        options = ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        graphs = {name: str(path) for name, path in self.engine.graphs.items()}
+        for name, source in [*graphs.items(), ("select", _selector_model())]:
+            try:
+                self._sessions[name] = ort.InferenceSession(source, options, providers=self.providers)
+            except Exception as e:  # noqa: BLE001 - ORT raises several types for bad graphs
+                self._sessions.clear()
+                raise EngineError(f"onnxruntime cannot load the {name} graph of {self.engine.root} "
+                                  f"({type(e).__name__}: {e}); the file is corrupt or from an incompatible "
+                                  f"exporter — re-export it with defectnet-export --out {self.engine.root}") from None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _ortvalue(self, array: np.ndarray) -> Any:
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def _run(self, name: str, inputs: dict[str, Any], outputs: dict[str, str]) -> list[Any]:
+        """Run session ``name`` with OrtValue inputs; outputs bound to 'cpu' or the device."""
+        self.load()
+        session = self._sessions[name]
+        binding = session.io_binding()
+        for key, value in inputs.items():
+            binding.bind_ortvalue_input(key, value)
+        for key, where in outputs.items():
+            binding.bind_output(key, where, 0)
+        session.run_with_iobinding(binding)
+        return list(binding.get_outputs())
+
+    def _image_inputs(self, images: Tensor, image_sizes: Tensor) -> dict[str, Any]:
+        return {"images": self._ortvalue(images.contiguous().numpy()),
+                "image_sizes": self._ortvalue(image_sizes.to(torch.int64).numpy())}
+
+    # -- the interface ----------------------------------------------------------------------
+    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        if CLASSIFIER not in self.engine.graphs:
+            return super().run_classifier(images, image_sizes)
+        (p,) = self._run(CLASSIFIER, self._image_inputs(images, image_sizes), {"p_defective": "cpu"})
+        return torch.from_numpy(p.numpy()).float()
+
+    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        where = {"p_defective": "cpu", **dict.fromkeys(FEATURE_NAMES, self.device)}
+        out = self._run(GATE, self._image_inputs(images, image_sizes), where)
+        values = dict(zip(GATE_OUTPUTS, out))
+        p = torch.from_numpy(values.pop("p_defective").numpy()).float()
+        return p, values
+
+    def select(self, features: dict[str, Any], index: Tensor) -> dict[str, Any]:
+        n = int(features[FEATURE_NAMES[0]].shape()[0])
+        if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
+            return features
+        inputs = {**features, "index": self._ortvalue(index.to(torch.int64).numpy())}
+        out = self._run("select", inputs, {f"{k}_out": self.device for k in FEATURE_NAMES})
+        return dict(zip(FEATURE_NAMES, out))
+
+    def run_detector(self, features: dict[str, Any], image_sizes: Tensor) -> RawDetections:
+        inputs = {**features, "image_sizes": self._ortvalue(image_sizes.to(torch.int64).numpy())}
+        out = self._run(DETECTOR, inputs, dict.fromkeys(DETECTOR_OUTPUTS, "cpu"))
+        boxes, scores, labels, count = (torch.from_numpy(v.numpy()) for v in out)
+        return RawDetections(boxes.float(), scores.float(), labels.to(torch.int64), count.to(torch.int64))
+
+
+BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name)
+
+
+def make_backend(engine: Engine, name: str = "onnxruntime", *, providers: str | list[str] | None = None,
+                 device: str = "cpu") -> Backend:
+    """``onnxruntime`` (the engine's graphs) or ``torch`` (the checkpoint it was exported from)."""
+    if name == OnnxRuntimeBackend.name:
+        return OnnxRuntimeBackend(engine, providers)
+    if name == TorchBackend.name:
+        return TorchBackend.from_engine(engine, device)
+    raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "RawDetections", "TorchBackend", "make_backend",
+           "resolve_providers"]

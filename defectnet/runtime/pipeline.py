@@ -1,0 +1,164 @@
+"""The conditional inference pipeline: gate the batch, detect on the positives only.
+
+::
+
+    images (uint8 [3, H_i, W_i]) --Preprocessor--> padded batch
+        --gate graph (or the two-model's classifier)--> P(defective) per image
+        --P >= threshold--> sub-batch --detector graph--> boxes in model-input pixels
+        --/ scale factor--> boxes in original pixels, per image
+
+Preprocessing is :class:`defectnet.data.transforms.Preprocessor` for every backend (the
+same code as training). Images the gate calls normal never reach the detector graph.
+Verdict: ``NG`` when the image has at least one detection (score above the model's test
+threshold), else ``OK`` -- the image-level rule of the seed's F1 score.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from defectnet.data.transforms import Preprocessor, boxes_to_original
+from defectnet.errors import ConfigError
+from defectnet.runtime.backends import Backend, RawDetections, make_backend
+from defectnet.runtime.engine import KIND_ONE_MODEL, KIND_TWO_MODEL, Engine, load_engine
+
+OK, NG = "OK", "NG"
+#: Stages timed per batch (milliseconds). ``model`` = everything but preprocessing: the
+#: part the seed's ATT measured.
+STAGES = ("preprocess", "classifier", "gate", "select", "detector", "postprocess")
+
+
+@dataclass
+class ImageResult:
+    """One image's result. Boxes are xyxy pixels of the *original* image.
+
+    timings_ms: the batch's per-stage times (the batch shares them; ``batch_size`` says
+    how many images did).
+    """
+
+    verdict: str
+    p_defective: float
+    ran_detector: bool
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    class_names: list[str]
+    original_size: tuple[int, int]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict, "p_defective": round(self.p_defective, 6), "ran_detector": self.ran_detector,
+            "detections": [
+                {"box": [round(float(v), 2) for v in box], "score": round(float(s), 5), "label": int(lab),
+                 "class_name": name}
+                for box, s, lab, name in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(),
+                                             self.class_names)
+            ],
+            "original_size": list(self.original_size),
+            "batch_size": self.batch_size,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> _Timer:
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ms[self._stage] = self.ms.get(self._stage, 0.0) + (time.perf_counter() - self._t0) * 1e3
+
+
+class Pipeline:
+    """Preprocess -> gate -> detector on the gate-positive sub-batch -> original coordinates.
+
+    backend: any :class:`~defectnet.runtime.backends.Backend`. kind: the engine kind
+    (``defectnet``, ``one-model``, ``two-model``). gate_threshold: P(defective) at or above
+    which the detector runs (ignored by one-model engines, which always detect).
+    """
+
+    def __init__(self, backend: Backend, *, kind: str, class_names: list[str] | tuple[str, ...],
+                 gate_threshold: float, preprocessor: Preprocessor | None = None) -> None:
+        if not gate_threshold >= 0.0:  # also rejects NaN; a value above 1 runs no detector
+            raise ConfigError(f"gate_threshold must be a probability (>= 0), got {gate_threshold!r}")
+        self.backend = backend
+        self.kind = kind
+        self.class_names = list(class_names)
+        self.gate_threshold = float(gate_threshold)
+        self.preprocessor = preprocessor or Preprocessor()
+        self.backend.load()
+
+    @classmethod
+    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: str = "onnxruntime", *,
+                    providers: str | list[str] | None = None, device: str = "cpu",
+                    gate_threshold: float | None = None) -> Pipeline:
+        """A pipeline over an engine folder (validated) with the named backend."""
+        eng = engine if isinstance(engine, Engine) else load_engine(engine)
+        threshold = eng.gate_threshold if gate_threshold is None else gate_threshold
+        return cls(make_backend(eng, backend, providers=providers, device=device), kind=eng.kind,
+                   class_names=eng.class_names, gate_threshold=threshold, preprocessor=eng.preprocessor)
+
+    def _names(self, labels: Tensor) -> list[str]:
+        return [self.class_names[int(i) - 1] if 1 <= int(i) <= len(self.class_names) else str(int(i))
+                for i in labels.tolist()]
+
+    def __call__(self, images: list[Tensor]) -> list[ImageResult]:
+        return self.run(images)
+
+    def run(self, images: list[Tensor]) -> list[ImageResult]:
+        """Results for uint8 ``[3, H, W]`` RGB images, in order."""
+        if not images:
+            return []
+        timer = _Timer()
+        with timer("preprocess"):
+            batch = self.preprocessor(images)
+            sizes = torch.tensor(batch.image_sizes, dtype=torch.int64)
+        n = len(batch)
+        raw: RawDetections | None = None
+        with timer("gate" if self.kind != KIND_TWO_MODEL else "classifier"):
+            if self.kind == KIND_TWO_MODEL:
+                p = self.backend.run_classifier(batch.images, sizes)
+                feats = None
+            else:
+                p, feats = self.backend.run_gate(batch.images, sizes)
+        run = torch.ones(n, dtype=torch.bool) if self.kind == KIND_ONE_MODEL else p >= self.gate_threshold
+        index = torch.where(run)[0]
+        if index.numel():
+            if self.kind == KIND_TWO_MODEL:
+                with timer("gate"):
+                    _, feats = self.backend.run_gate(batch.images.index_select(0, index), sizes[index])
+            else:
+                with timer("select"):
+                    feats = self.backend.select(feats, index)
+            with timer("detector"):
+                raw = self.backend.run_detector(feats, sizes[index])
+        with timer("postprocess"):
+            results = []
+            slot = {int(i): k for k, i in enumerate(index.tolist())}
+            for i in range(n):
+                if i in slot and raw is not None:
+                    boxes, scores, labels = raw.image(slot[i])
+                    boxes = boxes_to_original(boxes.clone(), batch.scale_factors[i], batch.original_sizes[i])
+                else:
+                    boxes, scores, labels = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+                results.append(ImageResult(
+                    verdict=NG if len(scores) else OK, p_defective=float(p[i]), ran_detector=i in slot,
+                    boxes=boxes, scores=scores, labels=labels, class_names=self._names(labels),
+                    original_size=batch.original_sizes[i], batch_size=n))
+        for r in results:
+            r.timings_ms = dict(timer.ms)
+        return results

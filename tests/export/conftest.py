@@ -1,0 +1,21 @@
+"""Session fixtures of the export tests: one exported + verified tiny DefectNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from export_helpers import CLASSES, SCALE, tiny_model
+
+from defectnet.export import ExportSource, export_engine
+
+
+@pytest.fixture(scope="session")
+def defectnet_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportSource, dict[str, Any]]:
+    torch.set_num_threads(2)
+    source = ExportSource(tiny_model(), CLASSES, scale=SCALE)
+    out = tmp_path_factory.mktemp("engine") / "const"
+    manifest = export_engine(source, out)
+    return out, source, manifest

@@ -1,0 +1,35 @@
+"""Tiny models and images for the runtime tests (a uniquely named module: test files import
+it, not conftest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from defectnet.model import DefectNet, ModelConfig, build_model
+
+CLASSES = ["hole", "stain"]
+SCALE = (320, 256)
+
+
+def tiny_model(seed: int = 0, **changes: Any) -> DefectNet:
+    """ResNet-18, 32-channel FPN, fewer proposals; livelier class and gate heads."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(num_classes=2, backbone="resnet18", fpn_channels=32, representation_size=64,
+                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=300, detections_per_img=50)
+    model = build_model(cfg.replace(**changes)).eval()
+    with torch.no_grad():
+        for head in model.roi_heads.heads:
+            head.cls_score.weight.normal_(0, 0.3)
+        if model.gate is not None:
+            model.gate.fc.weight.normal_(0, 0.01)  # P(defective) varies from image to image
+    return model
+
+
+def images(n: int, seed: int = 0) -> list[Tensor]:
+    """uint8 ``[3, h, w]`` images of different sizes (the pipeline resizes them)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(180, 300), (240, 320), (200, 260), (256, 256), (150, 330)]
+    return [torch.randint(0, 256, (3, *sizes[i % len(sizes)]), generator=g, dtype=torch.uint8) for i in range(n)]

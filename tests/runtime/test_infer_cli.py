@@ -1,0 +1,69 @@
+"""defectnet-infer: one JSON line per input, error records for unreadable files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+from runtime_helpers import images
+
+from defectnet.runtime.cli import main
+
+
+def _write_inputs(root: Path) -> list[Path]:
+    folder = root / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    paths = []
+    for i, im in enumerate(images(3, seed=4)):
+        p = folder / ("sub" if i == 2 else "") / f"img_{i}.png"
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(p)
+        paths.append(p)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return paths
+
+
+def test_infer_writes_one_record_per_input(run_engine: Path, tmp_path: Path) -> None:
+    _write_inputs(tmp_path)
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "results.jsonl"
+    annotated = tmp_path / "annotated"
+    result = CliRunner().invoke(main, [str(tmp_path / "imgs"), str(missing), "--engine", str(run_engine),
+                                       "--out", str(out), "--batch", "2", "--save-images", str(annotated),
+                                       "--gate-threshold", "0.0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    names = [Path(r["image"]).name for r in records]
+    assert names == ["broken.jpg", "img_0.png", "img_1.png", "img_2.png", "missing.png"]
+    errors = {Path(r["image"]).name: r["error"] for r in records if "error" in r}
+    assert set(errors) == {"broken.jpg", "missing.png"}
+    assert "cannot decode" in errors["broken.jpg"] and "does not exist" in errors["missing.png"]
+    good = [r for r in records if "error" not in r]
+    for r in good:
+        assert r["verdict"] in ("OK", "NG") and 0.0 <= r["p_defective"] <= 1.0 and r["ran_detector"]
+        assert {"box", "score", "label", "class_name"} <= set(r["detections"][0])
+        assert "gate" in r["timings_ms"] and Path(r["annotated"]).is_file()
+    assert len(list(annotated.iterdir())) == 3
+    assert "inputs 5: 3 processed" in result.output and "2 errors" in result.output
+    assert "gate pass rate 1.000" in result.output and "ATT" in result.output
+
+
+def test_infer_torch_backend_and_high_threshold(run_engine: Path, tmp_path: Path) -> None:
+    paths = _write_inputs(tmp_path)
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(main, [str(p) for p in paths] + ["--engine", str(run_engine), "--out", str(out),
+                                                                 "--backend", "torch", "--gate-threshold", "1.5",
+                                                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(r["verdict"] == "OK" and not r["ran_detector"] for r in records)
+    assert "gate pass rate 0.000" in result.output
+
+
+def test_infer_bad_engine_is_a_clean_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [str(tmp_path), "--engine", str(tmp_path / "nope"), "--out",
+                                       str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert not (tmp_path / "r.jsonl").exists()
