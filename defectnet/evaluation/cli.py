@@ -21,7 +21,7 @@ from defectnet.errors import DefectNetError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Data folder with annotations/{split}.json and images/.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
@@ -31,18 +31,30 @@ from defectnet.errors import DefectNetError
 @click.option("--att-one", "att_one_ms", type=float, default=None,
               help="One-model ATT (ms) for ATT_ideal [default: from a one-model run given here].")
 @click.option("--gate-threshold", type=float, default=None, help="Override the gate's P(defective) threshold.")
+@click.option("--engine", "engine_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Also evaluate this exported engine folder (repeatable), after the runs.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch"]),
+              help="Runtime backend for --engine folders.")
 @click.option("--no-progress", is_flag=True)
 def main(run_dirs: tuple[str, ...], data_dir: str, split: str, out_file: str | None, device: str, warmup: int,
-         att_one_ms: float | None, gate_threshold: float | None, no_progress: bool) -> None:
-    """Evaluate RUN_DIR... on --data: mAP, F1, ATT (seed table) plus gate recall and latency."""
-    from defectnet.evaluation.evaluate import evaluate_runs
+         att_one_ms: float | None, gate_threshold: float | None, engine_dirs: tuple[str, ...], backend: str,
+         no_progress: bool) -> None:
+    """Evaluate RUN_DIR... (PyTorch) and --engine DIR... (runtime backend) on --data: mAP, F1,
+    ATT (seed table) plus gate recall and latency."""
+    from defectnet.evaluation.evaluate import evaluate_engine, evaluate_runs
     from defectnet.evaluation.report import deployment_table, per_class_table, seed_table
     from defectnet.io import atomic_write_json
 
     try:
+        if not run_dirs and not engine_dirs:
+            raise click.UsageError("give at least one RUN_DIR or --engine DIR")
         ordered = evaluate_runs(run_dirs, data_dir, split=split, device=device, warmup=warmup,
                                 att_one_ms=att_one_ms, gate_threshold=gate_threshold, progress=not no_progress,
                                 log=lambda m: click.echo(m, err=True))
+        att_one = att_one_ms if att_one_ms is not None else next(
+            (r.att_ms for r in ordered if not r.has_gate and r.model == "one-model"), None)
+        ordered += [evaluate_engine(e, data_dir, backend=backend, split=split, warmup=warmup, att_one_ms=att_one,
+                                    gate_threshold=gate_threshold, progress=not no_progress) for e in engine_dirs]
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -268,3 +268,30 @@ def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os
         results[i] = r
         log(f"evaluated {run_dirs[i]}")
     return [results[i] for i in range(len(run_dirs))]
+
+
+def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
+                    backend: str = "onnxruntime", split: str = "test", warmup: int = 3,
+                    att_one_ms: float | None = None, gate_threshold: float | None = None,
+                    progress: bool = True) -> EvalResult:
+    """Evaluate an exported engine folder through :class:`defectnet.runtime.Pipeline` on
+    ``backend`` with exactly the metrics of :func:`evaluate` (batch 1, model part timed)."""
+    from defectnet.data.coco import load_split
+    from defectnet.runtime import Pipeline, load_engine
+
+    engine = load_engine(engine_dir)
+    pipeline = Pipeline.from_engine(engine, backend)
+    dataset = load_split(Path(data_dir), split, scale=engine.preprocessor.scale, train=False)
+    if tuple(dataset.class_names) != tuple(engine.class_names):
+        raise DataError(f"engine {engine_dir} detects {list(engine.class_names)} but {data_dir} has "
+                        f"{list(dataset.class_names)}; evaluate on the data set the model was trained on")
+    from defectnet.train.config import Variant
+
+    variant = str(engine.manifest.get("variant", ""))
+    name = Variant(variant).table_name if variant in set(Variant) else engine.kind
+    result = evaluate(pipeline, dataset, name=f"{name} [{backend}]", warmup=warmup, att_one_ms=att_one_ms,
+                      gate_threshold=gate_threshold, has_gate=engine.kind != "one-model", progress=progress,
+                      remark=f"engine {Path(engine_dir).name}, {backend}")
+    result.run_dir = str(Path(engine_dir))
+    result.split = split
+    return result

@@ -27,6 +27,7 @@ from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import ConfigError
 from defectnet.runtime.backends import Backend, RawDetections, make_backend
 from defectnet.runtime.engine import KIND_ONE_MODEL, KIND_TWO_MODEL, Engine, load_engine
+from defectnet.structures import Detections
 
 OK, NG = "OK", "NG"
 #: Stages timed per batch (milliseconds). ``model`` = everything but preprocessing: the
@@ -126,39 +127,60 @@ class Pipeline:
         timer = _Timer()
         with timer("preprocess"):
             batch = self.preprocessor(images)
-            sizes = torch.tensor(batch.image_sizes, dtype=torch.int64)
-        n = len(batch)
+        dets = self._detect(batch.images, batch.image_sizes, self.gate_threshold, timer)
+        with timer("postprocess"):
+            results = []
+            for i, d in enumerate(dets):
+                boxes = boxes_to_original(d.boxes.clone(), batch.scale_factors[i], batch.original_sizes[i])
+                results.append(ImageResult(
+                    verdict=NG if len(d.scores) else OK, p_defective=d.p_defective, ran_detector=d.ran_detector,
+                    boxes=boxes, scores=d.scores, labels=d.labels, class_names=self._names(d.labels),
+                    original_size=batch.original_sizes[i], batch_size=len(batch)))
+        for r in results:
+            r.timings_ms = dict(timer.ms)
+        return results
+
+    def inference(self, images: Tensor, image_sizes: list[tuple[int, int]],
+                  gate_threshold: float | None = None) -> list[Detections]:
+        """The model part on an already preprocessed batch, like ``DefectNet.inference``.
+
+        images: ``[B, 3, H, W]`` 0..255 (uint8 or float holding integers), padded;
+        image_sizes: ``(h, w)`` before padding. Boxes are in model-input pixels. This is what
+        evaluation times (the seed's ATT excludes decode and resize/pad).
+        """
+        threshold = self.gate_threshold if gate_threshold is None else float(gate_threshold)
+        return self._detect(images.to(torch.uint8) if images.is_floating_point() else images,
+                            image_sizes, threshold, _Timer())
+
+    def _detect(self, images: Tensor, image_sizes: list[tuple[int, int]], threshold: float,
+                timer: _Timer) -> list[Detections]:
+        """Gate the batch, run the detector on the positive sub-batch only."""
+        n = int(images.shape[0])
+        sizes = torch.tensor(image_sizes, dtype=torch.int64)
         raw: RawDetections | None = None
         with timer("gate" if self.kind != KIND_TWO_MODEL else "classifier"):
             if self.kind == KIND_TWO_MODEL:
-                p = self.backend.run_classifier(batch.images, sizes)
+                p = self.backend.run_classifier(images, sizes)
                 feats = None
             else:
-                p, feats = self.backend.run_gate(batch.images, sizes)
-        run = torch.ones(n, dtype=torch.bool) if self.kind == KIND_ONE_MODEL else p >= self.gate_threshold
+                p, feats = self.backend.run_gate(images, sizes)
+        run = torch.ones(n, dtype=torch.bool) if self.kind == KIND_ONE_MODEL else p >= threshold
         index = torch.where(run)[0]
         if index.numel():
             if self.kind == KIND_TWO_MODEL:
                 with timer("gate"):
-                    _, feats = self.backend.run_gate(batch.images.index_select(0, index), sizes[index])
+                    _, feats = self.backend.run_gate(images.index_select(0, index), sizes[index])
             else:
                 with timer("select"):
                     feats = self.backend.select(feats, index)
             with timer("detector"):
                 raw = self.backend.run_detector(feats, sizes[index])
-        with timer("postprocess"):
-            results = []
-            slot = {int(i): k for k, i in enumerate(index.tolist())}
-            for i in range(n):
-                if i in slot and raw is not None:
-                    boxes, scores, labels = raw.image(slot[i])
-                    boxes = boxes_to_original(boxes.clone(), batch.scale_factors[i], batch.original_sizes[i])
-                else:
-                    boxes, scores, labels = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-                results.append(ImageResult(
-                    verdict=NG if len(scores) else OK, p_defective=float(p[i]), ran_detector=i in slot,
-                    boxes=boxes, scores=scores, labels=labels, class_names=self._names(labels),
-                    original_size=batch.original_sizes[i], batch_size=n))
-        for r in results:
-            r.timings_ms = dict(timer.ms)
-        return results
+        slot = {int(i): k for k, i in enumerate(index.tolist())}
+        dets = []
+        for i in range(n):
+            if i in slot and raw is not None:
+                boxes, scores, labels = raw.image(slot[i])
+                dets.append(Detections(boxes, scores, labels, p_defective=float(p[i]), ran_detector=True))
+            else:
+                dets.append(Detections.empty(p_defective=float(p[i]), ran_detector=False))
+        return dets
