@@ -17,8 +17,9 @@ from torch import nn
 
 from defectnet.data.transforms import DEFAULT_SCALE, SIZE_DIVISOR
 from defectnet.errors import CheckpointError, ExportError
+from defectnet.io import sha256_file
 from defectnet.model import DefectNet, ImageClassifier, TwoModel
-from defectnet.runtime.engine import KIND_DEFECTNET, KIND_ONE_MODEL, KIND_TWO_MODEL, sha256_file
+from defectnet.runtime.engine import KIND_DEFECTNET, KIND_ONE_MODEL, KIND_TWO_MODEL
 
 _WEIGHTS = "model.safetensors"
 

@@ -2,7 +2,8 @@
 
 The body is a torchvision ResNet (``weights=None``; ImageNet weights only from a local
 file) with every BatchNorm as :class:`~torchvision.ops.FrozenBatchNorm2d` (BN in eval
-mode, as the original) and the stem + first ``frozen_stages`` stages frozen.
+mode, as the original; trainable BN on request) and the stem + first ``frozen_stages`` stages
+frozen (-1: nothing frozen).
 
 The gate pools C5 over each image's *valid* (unpadded) region only, so P(defective) of an
 image does not depend on how much padding the batch added. The pool is written with
@@ -120,7 +121,7 @@ class ResNetBody(nn.Module):
         )
         self.out_channels: tuple[int, int, int, int] = RESNET_CHANNELS[name]
         self.normalize = Normalize()
-        frozen: list[nn.Module] = [self.body.conv1, self.body.bn1]
+        frozen: list[nn.Module] = [self.body.conv1, self.body.bn1] if frozen_stages >= 0 else []
         frozen += [getattr(self.body, f"layer{i}") for i in range(1, frozen_stages + 1)]
         for module in frozen:
             for p in module.parameters():

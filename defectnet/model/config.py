@@ -108,8 +108,12 @@ class ModelConfig:
     with_gate: bool = True
     #: The detector runs for an image iff P(defective) >= gate_threshold (0.5 == argmax rule).
     gate_threshold: float = 0.5
-    #: Stem + ``frozen_stages`` ResNet stages get no gradient (mmdetection ``frozen_stages``).
+    #: Stem + ``frozen_stages`` ResNet stages get no gradient (mmdetection ``frozen_stages``);
+    #: -1 freezes nothing, not even the stem (for training from random initialisation).
     frozen_stages: int = 1
+    #: BatchNorm frozen (the original: BN in eval mode with pretrained statistics). False =
+    #: ordinary trainable BatchNorm, which a randomly initialised backbone needs.
+    frozen_bn: bool = True
     fpn_channels: int = 256
     representation_size: int = 1024
 
@@ -153,8 +157,8 @@ class ModelConfig:
         if self.backbone_weights is not None and not isinstance(self.backbone_weights, str):
             raise ConfigError(f"backbone_weights must be a file path or None, got {self.backbone_weights!r}")
         _check_fraction("gate_threshold", self.gate_threshold)
-        if not 0 <= self.frozen_stages <= 4:
-            raise ConfigError(f"frozen_stages must be in 0..4, got {self.frozen_stages}")
+        if not -1 <= self.frozen_stages <= 4:
+            raise ConfigError(f"frozen_stages must be in -1..4 (-1 = nothing frozen), got {self.frozen_stages}")
         for name in ("fpn_channels", "representation_size", "rpn_batch_size_per_image",
                      "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                      "rpn_post_nms_top_n_test", "roi_batch_size_per_image", "roi_output_size",

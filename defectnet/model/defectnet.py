@@ -58,7 +58,8 @@ class DefectNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = ResNetBody(config.backbone, config.backbone_weights, config.frozen_stages)
+        self.backbone = ResNetBody(config.backbone, config.backbone_weights, config.frozen_stages,
+                                   frozen_bn=config.frozen_bn)
         channels = self.backbone.out_channels
         self.gate = GateHead(channels[-1]) if config.with_gate else None
         self.fpn = FeaturePyramidNetwork(list(channels), config.fpn_channels, extra_blocks=LastLevelMaxPool())

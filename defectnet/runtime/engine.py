@@ -17,7 +17,6 @@ the runtime reads it), so the runtime never imports the exporter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 
 from defectnet.data.transforms import Preprocessor
 from defectnet.errors import ConfigError, EngineError
+from defectnet.io import sha256_file
 
 ENGINE_FORMAT = "defectnet-engine"
 SCHEMA_VERSION = 1
@@ -55,15 +55,6 @@ DETECTOR_INPUTS = (*FEATURE_NAMES, "image_sizes")
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "count")
 
 _REEXPORT = "re-export it with defectnet-export --out {root}"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

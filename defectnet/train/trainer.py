@@ -303,6 +303,10 @@ def _detector_config(model_io: ck.ModelIO, cfg: TrainConfig, num_classes: int, w
         "backbone_weights": cfg.backbone_weights, "with_gate": with_gate, "gate_threshold": cfg.gate_threshold}
     if cfg.fpn_channels is not None:
         kw["fpn_channels"] = cfg.fpn_channels
+    if cfg.backbone_weights is None:
+        # Freezing BN statistics and the first stages only makes sense for pretrained weights:
+        # frozen random layers cannot learn. From scratch, everything trains.
+        kw.update(frozen_stages=-1, frozen_bn=False)
     return model_io.detector_config(kw)
 
 
@@ -318,6 +322,8 @@ def _train_detector(cfg: TrainConfig, dataset: Any, collate: Collate, stage_dir:
         data = Subset(dataset, keep)
     seed_everything(cfg.seed)
     model_config = _detector_config(model_io, cfg, dataset.num_classes, with_gate=gated)
+    if cfg.backbone_weights is None:
+        log("[detector] note: random backbone init (no --backbone-weights): BatchNorm and all stages train")
     model = model_io.build_detector(model_config)
     stage = Stage(ck.KIND_DETECTOR, cfg.variant.value, model, model_config, data, collate,
                   detector_loss(cfg.gate_schedule if gated else None), cfg.epochs,

@@ -13,8 +13,8 @@ from export_helpers import CLASSES, SCALE, tiny_model, tiny_two_model
 
 from defectnet.errors import ExportError
 from defectnet.export import ExportSource, export_engine, verify_engine_dir
+from defectnet.io import sha256_file
 from defectnet.runtime import OnnxRuntimeBackend, load_engine
-from defectnet.runtime.engine import sha256_file
 
 
 def _meta(model: onnx.ModelProto) -> dict[str, str]:

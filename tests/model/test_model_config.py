@@ -85,3 +85,18 @@ def test_presets_fill_fields_and_explicit_fields_win() -> None:
     assert compact.anchor_sizes == (16, 32, 64, 128, 256)
     with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
         ModelConfig.preset("huge", num_classes=3)
+
+
+def test_scratch_backbone_trains_everything_and_frozen_one_does_not() -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    scratch = ResNetBody("resnet18", frozen_stages=-1, frozen_bn=False)
+    assert all(p.requires_grad for p in scratch.parameters())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in scratch.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in scratch.modules())
+    frozen = ResNetBody("resnet18", frozen_stages=1)
+    assert not any(p.requires_grad for p in frozen.body.conv1.parameters())
+    assert not any(p.requires_grad for p in frozen.body.layer1.parameters())
+    assert all(p.requires_grad for p in frozen.body.layer2.parameters())
+    with pytest.raises(ConfigError, match="frozen_stages"):
+        ModelConfig(num_classes=2, frozen_stages=-2)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from defectnet.errors import EngineError
+from defectnet.io import sha256_file
 from defectnet.runtime import OnnxRuntimeBackend, Pipeline, load_engine
-from defectnet.runtime.engine import sha256_file
 
 
 def _copy(engine: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:

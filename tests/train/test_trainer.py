@@ -231,3 +231,13 @@ def test_result_does_not_depend_on_workers(tmp_path: Path, fake_io, fake_data, f
     b, _ = ck.load_run(tmp_path / "w2", model_io=fake_io)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_random_init_unfreezes_the_backbone_and_pretrained_keeps_the_recipe(fake_io: ck.ModelIO) -> None:
+    from defectnet.train.trainer import _detector_config
+
+    from_scratch = _detector_config(fake_io, TrainConfig(variant="const", model_preset="compact"), 3, True)
+    assert from_scratch["frozen_stages"] == -1 and from_scratch["frozen_bn"] is False
+    assert from_scratch["preset"] == "compact"
+    pretrained = _detector_config(fake_io, TrainConfig(variant="const", backbone_weights="r50.pth"), 3, True)
+    assert "frozen_stages" not in pretrained and "frozen_bn" not in pretrained  # the recipe's defaults
