@@ -5,6 +5,8 @@ Public API::
     load_engine(dir) -> Engine                  validated engine folder (EngineError otherwise)
     Backend, OnnxRuntimeBackend, TorchBackend   load / run_gate / select / run_detector
     Pipeline.from_engine(dir, backend) -> Pipeline;  pipeline.run(images) -> [ImageResult]
+    Inspector.from_engine(dir, backend) -> Inspector: streaming, batching, deadlines, one
+        record per input (defectnet.runtime.inspector)
 
 onnxruntime is imported lazily (only when an OnnxRuntimeBackend loads). Command line:
 ``defectnet-infer`` (:mod:`defectnet.runtime.cli`).
@@ -12,7 +14,8 @@ onnxruntime is imported lazily (only when an OnnxRuntimeBackend loads). Command 
 
 from defectnet.runtime.backends import Backend, OnnxRuntimeBackend, RawDetections, TorchBackend, make_backend
 from defectnet.runtime.engine import Engine, load_engine
+from defectnet.runtime.inspector import Inspector
 from defectnet.runtime.pipeline import ImageResult, Pipeline
 
-__all__ = ["Backend", "Engine", "ImageResult", "OnnxRuntimeBackend", "Pipeline", "RawDetections", "TorchBackend",
+__all__ = ["Backend", "Engine", "ImageResult", "Inspector", "OnnxRuntimeBackend", "Pipeline", "RawDetections", "TorchBackend",
            "load_engine", "make_backend"]

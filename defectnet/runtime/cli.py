@@ -10,6 +10,10 @@ Every input gets exactly one record, in input order: a result, or ``{"image": ..
 for image files. The summary at the end gives counts, the gate pass rate (share of images
 that ran the detector) and the ATT (mean model time per image: every stage but file decode
 and preprocessing, as the seed measured it) next to the end-to-end time per image.
+
+``--watch DIR`` inspects files as they appear in DIR instead, appending one record per file
+to ``--out`` and never inspecting a file twice across restarts (``--state``; ``--once`` to
+process what is there and exit): see :mod:`defectnet.runtime.watch`.
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ def run_inference(pipeline: Any, inputs: list[Path], out: IO[bytes], *, batch: i
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=False)
 @click.option("--engine", "engine_dir", required=True, type=click.Path(file_okay=False),
               help="Engine folder written by defectnet-export.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -167,9 +171,20 @@ def run_inference(pipeline: Any, inputs: list[Path], out: IO[bytes], *, batch: i
 @click.option("--batch", "batch", default=1, show_default=True, type=int, help="Images per batch.")
 @click.option("--gate-threshold", type=float, default=None, help="Override the engine's P(defective) threshold.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Watch this folder instead: inspect image files as they appear (size stable), append to --out.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--watch: files already done (default OUT.state.json); a restart skips them.")
+@click.option("--once", is_flag=True, help="--watch: process the files present, then exit.")
+@click.option("--poll-interval", default=1.0, show_default=True, type=float, help="--watch: seconds between scans.")
+@click.option("--stable-for", default=1.0, show_default=True, type=float,
+              help="--watch: seconds a file's size and mtime must stay unchanged before it is read.")
 def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, save_images: Path | None, backend: str,
-         providers: str, device: str, batch: int, gate_threshold: float | None, no_progress: bool) -> None:
-    """Run the engine on IMAGES_OR_FOLDERS... and write one JSON line per input to --out."""
+         providers: str, device: str, batch: int, gate_threshold: float | None, no_progress: bool,
+         watch_dir: Path | None, state_file: Path | None, once: bool, poll_interval: float,
+         stable_for: float) -> None:
+    """Run the engine on IMAGES_OR_FOLDERS... and write one JSON line per input to --out
+    (or, with --watch DIR, on the files appearing in DIR; stop with Ctrl-C / SIGTERM)."""
     from defectnet.io import atomic_write
     from defectnet.runtime.pipeline import Pipeline
 
@@ -177,6 +192,12 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, save_images: 
         if batch < 1:
             raise click.BadParameter("--batch must be >= 1", param_hint="--batch")
         provider_arg: str | list[str] = providers if providers in ("cpu", "auto") else providers.split(",")
+        if watch_dir is not None:
+            _watch(watch_dir, inputs, engine_dir, out_file, backend, provider_arg, device, batch, gate_threshold,
+                   state_file, once, poll_interval, stable_for, save_images)
+            return
+        if not inputs:
+            raise click.UsageError("give IMAGES_OR_FOLDERS... or --watch DIR")
         pipeline = Pipeline.from_engine(engine_dir, backend, providers=provider_arg, device=device,
                                         gate_threshold=gate_threshold)
         paths = collect_inputs(inputs)
@@ -197,3 +218,24 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, save_images: 
     summary = holder["summary"]
     click.echo(summary.text())
     click.echo(f"wrote {len(paths)} records to {out_file}")
+
+
+def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Path, backend: str,
+           providers: str | list[str], device: str, batch: int, gate_threshold: float | None,
+           state_file: Path | None, once: bool, poll_interval: float, stable_for: float,
+           save_images: Path | None) -> None:
+    """``--watch``: :func:`defectnet.runtime.watch.watch_folder` with an Inspector."""
+    from defectnet.runtime.inspector import Inspector
+    from defectnet.runtime.watch import watch_folder
+
+    if inputs:
+        raise click.UsageError("--watch takes no IMAGES_OR_FOLDERS arguments")
+    if save_images is not None:
+        raise click.UsageError("--save-images is not available with --watch")
+    summary = watch_folder(
+        lambda on_result: Inspector.from_engine(engine_dir, backend, providers=providers, device=device,
+                                                gate_threshold=gate_threshold, batch_size=batch,
+                                                on_result=on_result),
+        folder, out_file, state_file=state_file, suffixes=IMAGE_SUFFIXES, once=once, poll_interval=poll_interval,
+        stable_for=stable_for)
+    click.echo(summary.text())

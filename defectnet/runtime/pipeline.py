@@ -27,7 +27,7 @@ from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import ConfigError
 from defectnet.runtime.backends import Backend, RawDetections, make_backend
 from defectnet.runtime.engine import KIND_ONE_MODEL, KIND_TWO_MODEL, Engine, load_engine
-from defectnet.structures import Detections
+from defectnet.structures import Detections, ImageBatch
 
 OK, NG = "OK", "NG"
 #: Stages timed per batch (milliseconds). ``model`` = everything but preprocessing: the
@@ -84,6 +84,41 @@ class _Timer:
         self.ms[self._stage] = self.ms.get(self._stage, 0.0) + (time.perf_counter() - self._t0) * 1e3
 
 
+@dataclass
+class _Gated:
+    """Gate output of one batch: P ``[B]``, positive positions ``[K]``, their features
+    (backend-specific; None when K == 0) and sizes ``[K, 2]``."""
+
+    p: Tensor
+    index: Tensor
+    features: Any
+    sizes: Tensor
+
+
+@dataclass
+class GatedBatch:
+    """What :meth:`Pipeline.gate_stage` hands to :meth:`Pipeline.detect_stage`.
+
+    batch: the preprocessed images; gate: P(defective) and the positives' features (which
+    stay on the backend's device); p_defective: ``[B]`` float32 on the host.
+    """
+
+    batch: ImageBatch
+    gate: _Gated
+    timer: _Timer
+
+    @property
+    def p_defective(self) -> Tensor:
+        return self.gate.p
+
+    @property
+    def ran_detector(self) -> Tensor:
+        """bool ``[B]``: which images go to the detector."""
+        out = torch.zeros(int(self.gate.p.shape[0]), dtype=torch.bool)
+        out[self.gate.index] = True
+        return out
+
+
 class Pipeline:
     """Preprocess -> gate -> detector on the gate-positive sub-batch -> original coordinates.
 
@@ -124,10 +159,26 @@ class Pipeline:
         """Results for uint8 ``[3, H, W]`` RGB images, in order."""
         if not images:
             return []
+        return self.detect_stage(self.gate_stage(images))
+
+    def gate_stage(self, images: list[Tensor]) -> GatedBatch:
+        """The first half of :meth:`run`: preprocess, gate, select the gate-positive features.
+
+        ``run(x) == detect_stage(gate_stage(x))``; the two halves may run on different threads
+        (the :class:`~defectnet.runtime.inspector.Inspector` overlaps batch k+1's gate with
+        batch k's detector).
+        """
+        if not images:
+            raise ConfigError("gate_stage needs at least one image")
         timer = _Timer()
         with timer("preprocess"):
             batch = self.preprocessor(images)
-        dets = self._detect(batch.images, batch.image_sizes, self.gate_threshold, timer)
+        return GatedBatch(batch, self._gate_part(batch.images, batch.image_sizes, self.gate_threshold, timer), timer)
+
+    def detect_stage(self, gated: GatedBatch) -> list[ImageResult]:
+        """The second half of :meth:`run`: detector on the positives, boxes to original pixels."""
+        batch, timer = gated.batch, gated.timer
+        dets = self._detector_part(gated.gate, timer)
         with timer("postprocess"):
             results = []
             for i, d in enumerate(dets):
@@ -155,9 +206,13 @@ class Pipeline:
     def _detect(self, images: Tensor, image_sizes: list[tuple[int, int]], threshold: float,
                 timer: _Timer) -> list[Detections]:
         """Gate the batch, run the detector on the positive sub-batch only."""
+        return self._detector_part(self._gate_part(images, image_sizes, threshold, timer), timer)
+
+    def _gate_part(self, images: Tensor, image_sizes: list[tuple[int, int]], threshold: float,
+                   timer: _Timer) -> _Gated:
+        """P(defective) of the batch and the features of its gate-positive images."""
         n = int(images.shape[0])
         sizes = torch.tensor(image_sizes, dtype=torch.int64)
-        raw: RawDetections | None = None
         with timer("gate" if self.kind != KIND_TWO_MODEL else "classifier"):
             if self.kind == KIND_TWO_MODEL:
                 p = self.backend.run_classifier(images, sizes)
@@ -173,11 +228,20 @@ class Pipeline:
             else:
                 with timer("select"):
                     feats = self.backend.select(feats, index)
+        else:
+            feats = None  # nothing reaches the detector: drop the batch's features now
+        return _Gated(p, index, feats, sizes[index])
+
+    def _detector_part(self, gated: _Gated, timer: _Timer) -> list[Detections]:
+        """Detections for every image of the batch (empty for the gate-negative ones)."""
+        p, index = gated.p, gated.index
+        raw: RawDetections | None = None
+        if index.numel():
             with timer("detector"):
-                raw = self.backend.run_detector(feats, sizes[index])
+                raw = self.backend.run_detector(gated.features, gated.sizes)
         slot = {int(i): k for k, i in enumerate(index.tolist())}
         dets = []
-        for i in range(n):
+        for i in range(int(p.shape[0])):
             if i in slot and raw is not None:
                 boxes, scores, labels = raw.image(slot[i])
                 dets.append(Detections(boxes, scores, labels, p_defective=float(p[i]), ran_detector=True))

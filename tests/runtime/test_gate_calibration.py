@@ -1,0 +1,120 @@
+"""defectnet-calibrate-gate: the threshold rule on hand-made probabilities, and the manifest it
+writes (still a loadable engine)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from runtime_helpers import CLASSES, images
+
+from defectnet.errors import ConfigError, DataError
+from defectnet.runtime import Pipeline, load_engine
+from defectnet.runtime.gate_calibration import main, threshold_for_recall
+
+pytestmark = pytest.mark.timeout(120)
+
+DEFECTIVE = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+NORMAL = [0.65, 0.35, 0.01]
+
+
+def _point(target: float):  # type: ignore[no-untyped-def]
+    p = DEFECTIVE + NORMAL
+    truth = [True] * len(DEFECTIVE) + [False] * len(NORMAL)
+    return threshold_for_recall(p, truth, target)
+
+
+def test_largest_threshold_reaching_the_target_recall() -> None:
+    op = _point(0.8)  # 8 of 10 defective images must pass: the 8th largest defective P
+    assert op.threshold == 0.2 and op.recall == 0.8 and op.escapes == 2
+    assert op.pass_rate == pytest.approx(10 / 13) and op.normal_pass_rate == pytest.approx(2 / 3)
+    assert op.margin == pytest.approx(0.1) and (op.images, op.defective, op.normal) == (13, 10, 3)
+    assert _point(0.85).threshold == 0.1  # ceil(8.5) = 9 must pass
+    assert _point(0.81).threshold == 0.1
+    assert _point(1.0).threshold == 0.05 and _point(1.0).recall == 1.0 and _point(1.0).margin is None
+    assert _point(0.1).threshold == 0.9 and _point(0.05).threshold == 0.9  # at least one image passes
+    # any larger threshold misses the target; the chosen one meets it
+    for target in (0.3, 0.55, 0.8, 0.95):
+        op = _point(target)
+        d = np.array(DEFECTIVE)
+        assert (d >= op.threshold).mean() >= target
+        assert (d >= np.nextafter(op.threshold, 1.0)).mean() < target
+
+
+def test_threshold_edge_cases() -> None:
+    # 0.995 * 200 = 199.00000000000003 in floating point: 199 images must pass, not 200
+    p = np.linspace(0.999, 0.001, 200)
+    op = threshold_for_recall(p, np.ones(200, bool), 0.995)
+    assert op.threshold == p[198] and op.escapes == 1
+    # ties at the threshold only raise the recall
+    op = threshold_for_recall([0.5, 0.5, 0.5, 0.1], [True] * 4, 0.5)
+    assert op.threshold == 0.5 and op.recall == 0.75 and op.normal_pass_rate is None
+    with pytest.raises(DataError, match="no defective image"):
+        threshold_for_recall([0.2, 0.3], [False, False], 0.9)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="target recall"):
+            threshold_for_recall([0.2], [True], bad)
+    with pytest.raises(DataError, match="finite"):
+        threshold_for_recall([float("nan")], [True], 0.9)
+    with pytest.raises(ConfigError, match="pair up"):
+        threshold_for_recall([0.1, 0.2], [True], 0.9)
+
+
+def _coco_folder(root: Path, n: int = 8) -> tuple[Path, list[bool]]:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    imgs, anns, truth = [], [], []
+    for i, im in enumerate(images(n, seed=7)):
+        h, w = int(im.shape[1]), int(im.shape[2])
+        name = f"img_{i}.png"
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(root / "images" / name)
+        imgs.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        if i % 2 == 0:  # every other image is defective
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + i % 4 // 2,
+                         "bbox": [10, 10, 20, 15], "area": 300, "iscrowd": 0})
+        truth.append(i % 2 == 0)
+    cats = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
+    (root / "annotations" / "test.json").write_text(json.dumps({"images": imgs, "annotations": anns,
+                                                                "categories": cats}))
+    return root, truth
+
+
+def test_cli_writes_a_loadable_manifest(run_engine: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "engine"
+    shutil.copytree(run_engine, engine)
+    data, truth = _coco_folder(tmp_path / "data")
+    before = load_engine(engine)
+
+    dry = CliRunner().invoke(main, ["--engine", str(engine), "--data", str(data), "--target-recall", "0.75",
+                                    "--dry-run", "--no-progress"])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run" in dry.output and load_engine(engine).manifest == before.manifest
+
+    result = CliRunner().invoke(main, ["--engine", str(engine), "--data", str(data), "--target-recall", "0.75",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    after = load_engine(engine)  # hashes checked: still a valid engine
+    # the expected operating point, from P computed independently through the runtime pipeline
+    pipe = Pipeline.from_engine(engine)
+    p = [pipe.gate_stage([im]).p_defective.item() for im in images(8, seed=7)]
+    expected = threshold_for_recall(p, truth, 0.75)
+    assert after.gate_threshold == pytest.approx(expected.threshold, abs=1e-6)
+    assert after.gate_threshold != before.gate_threshold
+    block = after.manifest["gate_calibration"]
+    assert block["target_recall"] == 0.75 and block["recall"] >= 0.75 and block["split"] == "test"
+    assert block["images"] == 8 and block["defective"] == 4 and block["previous_threshold"] == before.gate_threshold
+    assert block["data"] == str(data.resolve()) and len(block["annotations_sha256"]) == 64
+    assert block["pass_rate"] == pytest.approx(expected.pass_rate)
+    assert {k: v for k, v in after.manifest.items() if k not in ("gate_threshold", "gate_calibration")} == \
+        {k: v for k, v in before.manifest.items() if k != "gate_threshold"}
+    assert f"recall {block['recall']:.4f}" in result.output
+    # the new threshold is what the runtime now uses
+    assert Pipeline.from_engine(engine).gate_threshold == after.gate_threshold
+
+    bad = CliRunner().invoke(main, ["--engine", str(engine), "--data", str(tmp_path / "nope"), "--no-progress"])
+    assert bad.exit_code == 1 and "does not exist" in bad.output
