@@ -1,0 +1,28 @@
+"""Plots are written: PNG files exist and are non-empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench_helpers import hand_result
+
+from defectnet.bench.plots import slug, write_plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_plots(tmp_path: Path) -> None:
+    files = write_plots(hand_result(), tmp_path)
+    names = sorted(str(p.relative_to(tmp_path / "plots")) for p in files)
+    assert names == ["att_stages.png", "latency/defectnet_const__onnxruntime_int8.png",
+                     "latency/defectnet_const__torch_fp32.png", "latency/one-model__torch_fp32.png",
+                     "normal_share_onnxruntime_int8.png", "normal_share_torch_fp32.png"]
+    for p in files:
+        data = p.read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+    assert not list((tmp_path / "plots").glob(".*"))  # no temporary files left
+
+
+def test_slug() -> None:
+    assert slug("onnxruntime int8 [engine-int8]") == "onnxruntime_int8_engine-int8"
+    assert slug("defectnet_const (run a)") == "defectnet_const_run_a"
