@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
+from defectnet.bench.benchmark import BenchSettings, run_benchmark, write_outputs
+from defectnet.bench.writers import markdown_report
 from defectnet.data.coco import load_split
 from defectnet.data.stats import format_statistics, split_statistics
 from defectnet.data.synthetic import KINDS, SynthParams, generate
 from defectnet.errors import DefectNetError
-from defectnet.evaluation.evaluate import EvalResult, evaluate_engine, evaluate_runs
-from defectnet.evaluation.report import deployment_table, seed_table
 from defectnet.export import export_engine, load_source
 from defectnet.export.verify import dataset_images
 from defectnet.io import atomic_write
@@ -70,44 +70,29 @@ def train_models(data: Path, runs: Path, epochs: int, lr: float) -> dict[str, Pa
     return trained
 
 
-def evaluate_pytorch(data: Path, runs: dict[str, Path]) -> list[EvalResult]:
-    """Stage 4: the seed's table rows for both models, PyTorch eager on CPU, batch 1."""
-    _stage("4. evaluate (PyTorch, CPU, batch 1; ATT_normal/ATT_defective by ground truth)")
-    results = evaluate_runs([runs["one-model"], runs["const"]], data, progress=False)
-    click.echo(seed_table(results))
-    click.echo(deployment_table(results))
-    return results
-
-
-def export_const(data: Path, run: Path) -> Path:
-    """Stage 5: gate.onnx + detector.onnx with the parity check against PyTorch."""
-    t0 = _stage("5. export the const model to ONNX (gate + detector graphs), parity check")
-    manifest = export_engine(load_source(run), run / "engine", images=dataset_images(data),
-                             image_source=f"{data} (test split)")
-    for r in manifest["verification"]["runs"]:
-        click.echo(f"   parity {r['input_size'][0]}x{r['input_size'][1]} batch {r['batch']}: |dP| "
-                   f"{r['p_max_abs_diff']:.1e}, matched {r['matched']} of {r['torch']}, |dbox| "
-                   f"{r['box_max_abs_diff']:.1e} px")
-    trt = manifest["tensorrt_check"]
-    click.echo(f"   TensorRT {trt['tensorrt_version']} parser operator check: "
-               f"{'all supported' if trt['supported'] else 'PROBLEMS'}; exported in {time.perf_counter() - t0:.0f} s")
-    return run / "engine"
-
-
-def evaluate_onnxruntime(data: Path, engine: Path, pytorch: list[EvalResult]) -> None:
-    """Stage 6: the same metrics through the runtime on ONNX Runtime (CPU), next to PyTorch."""
-    _stage("6. evaluate the const engine on ONNX Runtime (CPU) next to PyTorch")
-    ort = evaluate_engine(engine, data, att_one_ms=pytorch[0].att_ms, progress=False)
-    click.echo(seed_table([*pytorch, ort]))
-    click.echo(deployment_table([*pytorch, ort]))
-    speed = pytorch[0].att_ms / ort.att_ms
-    click.echo(f"   ATT one-model (PyTorch) / defectnet_const (ONNX Runtime): {speed:.2f}x")
+def export_models(data: Path, runs: dict[str, Path]) -> dict[str, Path]:
+    """Stage 4: gate.onnx + detector.onnx of each model, with the parity check against PyTorch."""
+    engines = {}
+    for name, run in runs.items():
+        t0 = _stage(f"4. export {name} to ONNX (gate + detector graphs), parity check against PyTorch")
+        manifest = export_engine(load_source(run), run / "engine", images=dataset_images(data),
+                                 image_source=f"{data} (test split)")
+        for r in manifest["verification"]["runs"]:
+            click.echo(f"   parity {r['input_size'][0]}x{r['input_size'][1]} batch {r['batch']}: |dP| "
+                       f"{r['p_max_abs_diff']:.1e}, matched {r['matched']} of {r['torch']}, |dbox| "
+                       f"{r['box_max_abs_diff']:.1e} px")
+        trt = manifest["tensorrt_check"]
+        click.echo(f"   TensorRT {trt['tensorrt_version']} parser operator check: "
+                   f"{'all supported' if trt['supported'] else 'PROBLEMS'}; exported in "
+                   f"{time.perf_counter() - t0:.0f} s")
+        engines[name] = run / "engine"
+    return engines
 
 
 def infer_folder(data: Path, engine: Path, out: Path) -> None:
     """Stage 7: ``defectnet-infer`` on the test images: one JSON line per image, annotated
     images for review, on ONNX Runtime with batches of 4."""
-    _stage(f"7. defectnet-infer on the test images (ONNX Runtime, batch 4) -> {out}")
+    _stage(f"5. defectnet-infer on the test images (ONNX Runtime, batch 4) -> {out}")
     test = load_split(data, "test")
     inputs = [test.image_dir / test.image_info(i)[1] for i in range(len(test))]
     pipeline = Pipeline.from_engine(engine, "onnxruntime")
@@ -116,6 +101,17 @@ def infer_folder(data: Path, engine: Path, out: Path) -> None:
         run_inference(pipeline, inputs, f, batch=4, save_images=out / "annotated", progress=False)))
     for line in summaries[0].text().splitlines():
         click.echo(f"   {line}")
+
+
+def bench(data: Path, runs: Path, out: Path) -> None:
+    """Stage 6: the seed's table for every row and backend, measured side by side in one run
+    (PyTorch eager fp32 = the baseline, ONNX Runtime), plus the deployment table and plots."""
+    _stage(f"6. defectnet-bench: ATT tables across backends -> {out}")
+    settings = BenchSettings(data=str(data), runs_dir=str(runs), backends=("torch", "onnxruntime"), repeat=1,
+                             warmup=2, batch=4)
+    result = run_benchmark(settings, progress=False)
+    write_outputs(result, out)
+    click.echo(markdown_report(result))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,16 +125,16 @@ def infer_folder(data: Path, engine: Path, out: Path) -> None:
 @click.option("--lr", default=LR, show_default=True, type=float, help="SGD learning rate (batch 4).")
 def main(out: Path, images: int, seed: int, epochs: int, lr: float) -> None:
     """Run DefectNet's main job on CPU: synthetic data -> statistics -> train DefectNet and the
-    one-model baseline -> evaluate -> export ONNX -> evaluate on ONNX Runtime."""
+    one-model baseline -> export ONNX (parity-checked) -> defectnet-infer -> the seed's ATT
+    table for PyTorch and ONNX Runtime side by side."""
     start = time.perf_counter()
     try:
         data = make_data(out / "data", images, seed)
         show_statistics(data)
         runs = train_models(data, out / "runs", epochs, lr)
-        pytorch = evaluate_pytorch(data, runs)
-        engine = export_const(data, runs["const"])
-        evaluate_onnxruntime(data, engine, pytorch)
-        infer_folder(data, engine, out / "infer")
+        engines = export_models(data, runs)
+        infer_folder(data, engines["const"], out / "infer")
+        bench(data, out / "runs", out / "bench")
     except DefectNetError as err:
         raise click.ClickException(str(err)) from err
     click.secho(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {out}", bold=True)

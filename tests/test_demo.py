@@ -15,11 +15,14 @@ from defectnet.demo import main
 def test_demo_runs_every_stage_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--out", str(tmp_path), "--images", "24", "--epochs", "1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    for stage in ("1. synthetic", "2. data statistics", "3. train const", "3. train one-model", "4. evaluate",
-                  "5. export", "6. evaluate the const engine", "7. defectnet-infer"):
+    for stage in ("1. synthetic", "2. data statistics", "3. train const", "3. train one-model", "4. export const",
+                  "4. export one-model", "5. defectnet-infer", "6. defectnet-bench"):
         assert stage in result.output
-    assert "|defectnet_const [onnxruntime]|" in result.output and "|one-model|" in result.output
-    assert (tmp_path / "runs" / "const" / "engine" / "manifest.json").is_file()
+    assert "|defectnet_const|" in result.output and "|one-model|" in result.output
+    assert "onnxruntime fp32" in result.output and "torch fp32" in result.output
+    for run in ("const", "one-model"):
+        assert (tmp_path / "runs" / run / "engine" / "manifest.json").is_file()
+    assert (tmp_path / "bench" / "results.json").is_file()
     lines = (tmp_path / "infer" / "results.jsonl").read_text().splitlines()
     test_images = json.loads((tmp_path / "data" / "annotations" / "test.json").read_text())["images"]
     assert len(lines) == len(test_images)  # one record per input
