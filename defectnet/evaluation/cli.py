@@ -35,26 +35,31 @@ from defectnet.errors import DefectNetError
               help="Also evaluate this exported engine folder (repeatable), after the runs.")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch"]),
               help="Runtime backend for --engine folders.")
+@click.option("--scale", default=None, help="Test scale LONGxSHORT [default: each run's train scale], "
+              "e.g. 1333x800 for the seed's test scale.")
 @click.option("--no-progress", is_flag=True)
 def main(run_dirs: tuple[str, ...], data_dir: str, split: str, out_file: str | None, device: str, warmup: int,
          att_one_ms: float | None, gate_threshold: float | None, engine_dirs: tuple[str, ...], backend: str,
-         no_progress: bool) -> None:
+         scale: str | None, no_progress: bool) -> None:
     """Evaluate RUN_DIR... (PyTorch) and --engine DIR... (runtime backend) on --data: mAP, F1,
     ATT (seed table) plus gate recall and latency."""
     from defectnet.evaluation.evaluate import evaluate_engine, evaluate_runs
     from defectnet.evaluation.report import deployment_table, per_class_table, seed_table
     from defectnet.io import atomic_write_json
+    from defectnet.train.cli import parse_scale
 
     try:
+        test_scale = parse_scale(scale) if scale else None
         if not run_dirs and not engine_dirs:
             raise click.UsageError("give at least one RUN_DIR or --engine DIR")
         ordered = evaluate_runs(run_dirs, data_dir, split=split, device=device, warmup=warmup,
                                 att_one_ms=att_one_ms, gate_threshold=gate_threshold, progress=not no_progress,
-                                log=lambda m: click.echo(m, err=True))
+                                log=lambda m: click.echo(m, err=True), scale=test_scale)
         att_one = att_one_ms if att_one_ms is not None else next(
             (r.att_ms for r in ordered if not r.has_gate and r.model == "one-model"), None)
         ordered += [evaluate_engine(e, data_dir, backend=backend, split=split, warmup=warmup, att_one_ms=att_one,
-                                    gate_threshold=gate_threshold, progress=not no_progress) for e in engine_dirs]
+                                    gate_threshold=gate_threshold, progress=not no_progress, scale=test_scale)
+                    for e in engine_dirs]
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

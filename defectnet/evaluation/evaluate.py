@@ -216,9 +216,10 @@ def remark_for(info: Any) -> str:
 def evaluate_run(run_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, split: str = "test",
                  device: str = "cpu", warmup: int = 3, att_one_ms: float | None = None,
                  gate_threshold: float | None = None, progress: bool = True,
-                 model_io: Any = None) -> EvalResult:
+                 model_io: Any = None, scale: tuple[int, int] | None = None) -> EvalResult:
     """Load a finished run (:func:`defectnet.train.checkpoint.load_run`) and evaluate it on
-    ``data_dir``'s ``split`` at the run's train scale (the test scale of the recipe)."""
+    ``data_dir``'s ``split`` at the run's train scale (the test scale of the recipe), or at
+    ``scale`` (long, short) when given."""
     from defectnet.data.coco import load_split
     from defectnet.train.checkpoint import load_run
 
@@ -227,7 +228,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], data_dir: str | os.PathLike[st
         raise ConfigError(f"{run_dir} is the classifier stage of a two-model run; evaluate the two-model run "
                           f"folder ({Path(run_dir).parent}) instead")
     tc = info.detector.train_config if info.detector is not None else info.train_config
-    dataset = load_split(Path(data_dir), split, scale=tuple(tc.get("scale", (1333, 800))), train=False,
+    dataset = load_split(Path(data_dir), split, scale=scale or tuple(tc.get("scale", (1333, 800))), train=False,
                          background_category_ids=tuple(tc.get("background_category_ids", (0,))))
     if dict(dataset.label_to_category_id) != dict(info.label_to_category_id):
         raise DataError(f"{run_dir} was trained on categories {info.class_names} (label -> id "
@@ -244,7 +245,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], data_dir: str | os.PathLike[st
 def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os.PathLike[str], *,
                   split: str = "test", device: str = "cpu", warmup: int = 3, att_one_ms: float | None = None,
                   gate_threshold: float | None = None, progress: bool = True,
-                  log: Callable[[str], None] = lambda _: None) -> list[EvalResult]:
+                  log: Callable[[str], None] = lambda _: None, scale: tuple[int, int] | None = None
+                  ) -> list[EvalResult]:
     """Evaluate several runs side by side, in the order given.
 
     One-model runs are evaluated first: the first one's ATT becomes ATT_one of every other
@@ -260,7 +262,7 @@ def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os
     att_one, att_one_from = att_one_ms, ("given" if att_one_ms is not None else None)
     for i in order:
         r = evaluate_run(run_dirs[i], data_dir, split=split, device=device, warmup=warmup, att_one_ms=att_one,
-                         gate_threshold=gate_threshold, progress=progress)
+                         gate_threshold=gate_threshold, progress=progress, scale=scale)
         if att_one is None and variants[i] == "one-model":
             att_one, att_one_from = r.att_ms, str(run_dirs[i])
         if att_one_from is not None and r.att_one_source == "given":
@@ -273,15 +275,16 @@ def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os
 def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
                     backend: str = "onnxruntime", split: str = "test", warmup: int = 3,
                     att_one_ms: float | None = None, gate_threshold: float | None = None,
-                    progress: bool = True) -> EvalResult:
+                    progress: bool = True, scale: tuple[int, int] | None = None) -> EvalResult:
     """Evaluate an exported engine folder through :class:`defectnet.runtime.Pipeline` on
-    ``backend`` with exactly the metrics of :func:`evaluate` (batch 1, model part timed)."""
+    ``backend`` with exactly the metrics of :func:`evaluate` (batch 1, model part timed), at the
+    engine's preprocessing scale or at ``scale`` (the graphs take any size)."""
     from defectnet.data.coco import load_split
     from defectnet.runtime import Pipeline, load_engine
 
     engine = load_engine(engine_dir)
     pipeline = Pipeline.from_engine(engine, backend)
-    dataset = load_split(Path(data_dir), split, scale=engine.preprocessor.scale, train=False)
+    dataset = load_split(Path(data_dir), split, scale=scale or engine.preprocessor.scale, train=False)
     if tuple(dataset.class_names) != tuple(engine.class_names):
         raise DataError(f"engine {engine_dir} detects {list(engine.class_names)} but {data_dir} has "
                         f"{list(dataset.class_names)}; evaluate on the data set the model was trained on")

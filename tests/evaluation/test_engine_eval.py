@@ -44,3 +44,6 @@ def test_onnxruntime_engine_metrics_equal_pytorch(tmp_path: Path) -> None:
     assert (got.num_detector_runs, got.num_detections) == (ref.num_detector_runs, ref.num_detections)
     for field in ("mAP", "AP50", "F1", "gate_recall", "gate_precision"):
         assert getattr(got, field) == pytest.approx(getattr(ref, field), abs=1e-3), field
+    # the graphs take any size: the same engine evaluated at another test scale
+    bigger = evaluate_engine(engine, data, warmup=0, progress=False, scale=(256, 128))
+    assert bigger.num_images == got.num_images and bigger.att_ms > 0
