@@ -280,16 +280,22 @@ class OnnxRuntimeBackend(Backend):
         return RawDetections(boxes.float(), scores.float(), labels.to(torch.int64), count.to(torch.int64))
 
 
-BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name)
+BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name, "tensorrt")
 
 
 def make_backend(engine: Engine, name: str = "onnxruntime", *, providers: str | list[str] | None = None,
                  device: str = "cpu") -> Backend:
-    """``onnxruntime`` (the engine's graphs) or ``torch`` (the checkpoint it was exported from)."""
+    """``onnxruntime`` (the engine's graphs), ``torch`` (the checkpoint it was exported from)
+    or ``tensorrt`` (the folder's serialized TensorRT engines; imported lazily, on ``cuda``
+    when ``device`` is the CPU default)."""
     if name == OnnxRuntimeBackend.name:
         return OnnxRuntimeBackend(engine, providers)
     if name == TorchBackend.name:
         return TorchBackend.from_engine(engine, device)
+    if name == "tensorrt":
+        from defectnet.runtime.tensorrt_backend import TensorRtBackend
+
+        return TensorRtBackend(engine, "cuda" if device == "cpu" else device)
     raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,166 @@
+"""``defectnet-build-engine``: an exported (or trained) model -> an optimised engine folder.
+
+Examples::
+
+    # ONNX Runtime INT8 (U8S8) engine from a trained run (exported first to runs/const/engine)
+    defectnet-build-engine --int8 --model const --data data/fabric
+    # the float32 graphs, ORT-optimised, from an exported folder
+    defectnet-build-engine --engine runs/const/engine --data data/fabric --out engines/const-fp32
+    # TensorRT FP16 on an NVIDIA GPU, batches up to 4 at 576x1344
+    defectnet-build-engine --fp16 --backend tensorrt --engine runs/const/engine --data data/fabric \\
+        --opt-shape 1x576x1344 --max-shape 4x576x1344
+
+Every build ends with the accuracy gate (mAP, AP50, F1, gate recall on the test split vs
+the float32 PyTorch model) and exits non-zero, leaving no manifest.json, past the
+tolerances. The CLI is a thin layer over :func:`defectnet.engine_build.build_engine`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from defectnet.errors import DefectNetError
+
+
+def _default_backend() -> str:
+    from defectnet.runtime.tensorrt_backend import tensorrt_available
+
+    return "tensorrt" if tensorrt_available() else "onnxruntime"
+
+
+def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None, engine: Path | None,
+                     data_dir: Path | None) -> Path:
+    """The exported float32 folder: --engine as given, or --model/--checkpoint exported
+    (reusing RUN/engine when it is complete and its weights are unchanged)."""
+    from defectnet.errors import EngineError
+    from defectnet.export.cli import _source_path
+
+    if engine is not None:
+        return engine
+    from defectnet.export import export_engine, load_source
+    from defectnet.export.verify import dataset_images
+    from defectnet.runtime.engine import load_engine
+
+    path = _source_path(model, runs_dir, checkpoint)
+    assert path is not None
+    source = load_source(path)
+    target = (path if path.is_dir() else path.parent) / "engine"
+    try:
+        current = load_engine(target)
+        recorded = current.manifest.get("source", {}).get("weights_sha256", {})
+        if sorted(recorded.values()) == sorted(source.weights.values()) and "build" not in current.manifest:
+            click.echo(f"using the exported folder {target} (same weights)")
+            return target
+    except EngineError:
+        pass
+    click.echo(f"exporting {source.kind} from {path} to {target} ...")
+    images = dataset_images(data_dir) if data_dir else None
+    export_engine(source, target, images=images,
+                  image_source=f"{data_dir} (test split)" if data_dir else "synthetic")
+    return target
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--fp16", "precision", flag_value="fp16", help="FP16 graph with float32 islands (TensorRT).")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 Q/DQ graphs from one calibration.")
+@click.option("--fp32", "precision", flag_value="fp32", default=True, help="Float32, graph-optimised [default].")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="Engine backend [default: tensorrt when TensorRT and a GPU are available, else onnxruntime].")
+@click.option("--model", default=None, help="Run name under --runs-dir (exported first).")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A run folder, epoch checkpoint folder or .safetensors file (exported first).")
+@click.option("--engine", "engine_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="An exported float32 engine folder (defectnet-export).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="COCO data folder: train split calibrates, test split feeds the accuracy gate.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: EXPORTED-<precision>[-tensorrt] beside the exported folder].")
+@click.option("--calib-size", default=300, show_default=True, type=int, help="Calibration images (train split).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="Calibration method for every graph [default: minmax for the gate, percentile for the detector].")
+@click.option("--percentile", default=99.99, show_default=True, type=float, help="For the percentile method.")
+@click.option("--calib-seed", default=0, show_default=True, type=int)
+@click.option("--calib-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Calibration cache folder [default: ~/.cache/defectnet/calibration].")
+@click.option("--no-calib-cache", is_flag=True, help="Neither read nor write the calibration cache.")
+@click.option("--min-shape", default=None, help="TensorRT profile min BxHxW (padded) [default 1x32x32].")
+@click.option("--opt-shape", default=None, help="TensorRT profile opt BxHxW [default: the data's common size].")
+@click.option("--max-shape", default=None, help="TensorRT profile max BxHxW [default: 4 x scale, any orientation].")
+@click.option("--workspace-gb", default=4.0, show_default=True, type=float, help="TensorRT builder workspace.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT timing cache file [default: per GPU + TensorRT version in the cache folder].")
+@click.option("--max-map-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-ap50-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-recall-drop", default=0.005, show_default=True, type=float, help="Gate recall drop.")
+@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime threads for calibration (0: all).")
+def main(precision: str, backend: str | None, model: str | None, runs_dir: Path, checkpoint: Path | None,
+         engine_dir: Path | None, data_dir: Path | None, out: Path | None, calib_size: int, calib_method: str | None,
+         percentile: float, calib_seed: int, calib_cache: Path | None, no_calib_cache: bool, min_shape: str | None,
+         opt_shape: str | None, max_shape: str | None, workspace_gb: float, timing_cache: Path | None,
+         max_map_drop: float, max_ap50_drop: float, max_f1_drop: float, max_recall_drop: float,
+         threads: int) -> None:
+    """Build an engine folder (fp32 / int8 / fp16; onnxruntime or tensorrt) with an accuracy gate."""
+    try:
+        _main(precision, backend, model, runs_dir, checkpoint, engine_dir, data_dir, out, calib_size, calib_method,
+              percentile, calib_seed, calib_cache, no_calib_cache, min_shape, opt_shape, max_shape, workspace_gb,
+              timing_cache, max_map_drop, max_ap50_drop, max_f1_drop, max_recall_drop, threads)
+    except DefectNetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path, checkpoint: Path | None,
+          engine_dir: Path | None, data_dir: Path | None, out: Path | None, calib_size: int, calib_method: str | None,
+          percentile: float, calib_seed: int, calib_cache: Path | None, no_calib_cache: bool,
+          min_shape: str | None, opt_shape: str | None, max_shape: str | None, workspace_gb: float,
+          timing_cache: Path | None, max_map_drop: float, max_ap50_drop: float, max_f1_drop: float,
+          max_recall_drop: float, threads: int) -> None:
+    from defectnet.calibration.cache import default_cache_dir
+    from defectnet.calibration.calibrate import recommended_settings
+    from defectnet.calibration.int8 import CalibrationSettings
+    from defectnet.engine_build.accuracy import Tolerances
+    from defectnet.engine_build.build import BuildOptions, build_engine, default_out
+    from defectnet.engine_build.tensorrt import ShapeProfile, parse_shape
+
+    if sum(x is not None for x in (model, checkpoint, engine_dir)) != 1:
+        raise click.UsageError("pass exactly one of --model NAME, --checkpoint PATH or --engine EXPORTED_DIR")
+    backend = backend or _default_backend()
+    if backend == "tensorrt":  # fail at once, before exporting or calibrating anything
+        from defectnet.runtime.tensorrt_backend import import_tensorrt, require_cuda
+
+        import_tensorrt()
+        require_cuda()
+    profile = None
+    if min_shape or opt_shape or max_shape:
+        if backend != "tensorrt":
+            raise click.UsageError("--min-shape/--opt-shape/--max-shape are TensorRT optimisation profiles; add "
+                                   "--backend tensorrt (ONNX Runtime takes any shape)")
+        if not (min_shape and opt_shape and max_shape):
+            raise click.UsageError("give all three of --min-shape, --opt-shape and --max-shape (BxHxW each)")
+        profile = ShapeProfile(parse_shape(min_shape), parse_shape(opt_shape), parse_shape(max_shape))
+    options = BuildOptions(
+        precision=precision, backend=backend, data_dir=data_dir, calib_size=calib_size,
+        calibration=(CalibrationSettings(method=calib_method, percentile=percentile) if calib_method
+                     else recommended_settings(percentile)), seed=calib_seed,
+        cache_dir=None if no_calib_cache else (calib_cache or default_cache_dir()),
+        tolerances=Tolerances(max_map_drop, max_ap50_drop, max_f1_drop, max_recall_drop), profile=profile,
+        timing_cache=timing_cache, workspace_gb=workspace_gb, threads=threads, progress=sys.stderr.isatty(),
+        log=click.echo)
+    options.validate()
+    source = _exported_source(model, runs_dir, checkpoint, engine_dir, data_dir)
+    out = out or default_out(source, precision, backend)
+    click.echo(f"building a {precision} {backend} engine from {source} into {out} ...")
+    manifest = build_engine(source, out, options)
+    acc = manifest.get("accuracy") or {}
+    gate = "passed" if acc.get("passed") else ("skipped" if acc.get("passed") is None else "failed")
+    eng, ref = acc.get("engine") or {}, acc.get("reference") or {}
+    if eng.get("att_ms") and ref.get("att_ms"):
+        click.echo(f"  ATT {eng['att_ms']:.1f} ms ({backend}, {precision}) vs {ref['att_ms']:.1f} ms (reference)")
+    files = ", ".join(g["file"] for g in manifest["graphs"].values())
+    plans = ", ".join(e["file"] for e in (manifest.get("tensorrt") or {}).get("engines", {}).values())
+    click.echo(f"wrote {out} ({files}{', ' + plans if plans else ''}, manifest.json); accuracy gate {gate}")
