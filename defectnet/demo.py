@@ -17,6 +17,8 @@ from defectnet.bench.writers import markdown_report
 from defectnet.data.coco import load_split
 from defectnet.data.stats import format_statistics, split_statistics
 from defectnet.data.synthetic import KINDS, SynthParams, generate
+from defectnet.engine_build import BuildOptions, build_engine, default_out
+from defectnet.engine_build.accuracy import Tolerances
 from defectnet.errors import DefectNetError
 from defectnet.export import export_engine, load_source
 from defectnet.export.verify import dataset_images
@@ -30,6 +32,8 @@ from defectnet.train import TrainConfig, Variant, train
 SCALE = (640, 256)
 #: Default training length of the demo (fits the main job's 20-minute budget on 2 cores).
 EPOCHS = 4
+#: Calibration images for the demo's INT8 build (its train split has 240).
+CALIB_SIZE = 120
 #: From random initialisation the original 0.0025 (per 2 images) learns too slowly for a demo.
 LR = 0.01
 
@@ -89,10 +93,34 @@ def export_models(data: Path, runs: dict[str, Path]) -> dict[str, Path]:
     return engines
 
 
+def build_int8(data: Path, engine: Path) -> Path:
+    """Stage 5: ``defectnet-build-engine --int8``: calibrate the const model once on the train
+    split (gate on every image, detector on gate-positive features), write the ONNX Runtime
+    U8S8 graphs beside the float32 export, and measure them against the float32 PyTorch model.
+
+    The accuracy gate runs report-only here: after four epochs from random weights the gate's
+    P(defective) sits near the threshold for many images, so a handful of flips are expected
+    and say nothing about INT8. ``defectnet-build-engine`` enforces the tolerances."""
+    out = default_out(engine, "int8", "onnxruntime")
+    t0 = _stage(f"5. INT8 engine for ONNX Runtime (U8S8 Q/DQ graphs) -> {out}")
+    options = BuildOptions(precision="int8", backend="onnxruntime", data_dir=data, calib_size=CALIB_SIZE,
+                           tolerances=Tolerances(1.0, 1.0, 1.0, 1.0), log=lambda m: click.echo(f"   {m}"))
+    options.validate()
+    shutil.rmtree(out, ignore_errors=True)
+    manifest = build_engine(engine, out, options)
+    acc = manifest["accuracy"]
+    for line in acc["summary"]:  # "<metric> <int8> vs <float32> (drop D, limit L)"; the limit is moot here
+        click.echo(f"   INT8 vs float32 PyTorch: {line.split(', limit')[0]})")
+    click.echo(f"   ATT {acc['engine']['att_ms']:.1f} ms (INT8 ONNX Runtime) vs {acc['reference']['att_ms']:.1f} ms "
+               "(float32 PyTorch)")
+    click.echo(f"   built in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
 def infer_folder(data: Path, engine: Path, out: Path) -> None:
-    """Stage 7: ``defectnet-infer`` on the test images: one JSON line per image, annotated
+    """Stage 6: ``defectnet-infer`` on the test images: one JSON line per image, annotated
     images for review, on ONNX Runtime with batches of 4."""
-    _stage(f"5. defectnet-infer on the test images (ONNX Runtime, batch 4) -> {out}")
+    _stage(f"6. defectnet-infer on the test images (ONNX Runtime, batch 4) -> {out}")
     test = load_split(data, "test")
     inputs = [test.image_dir / test.image_info(i)[1] for i in range(len(test))]
     pipeline = Pipeline.from_engine(engine, "onnxruntime")
@@ -104,9 +132,9 @@ def infer_folder(data: Path, engine: Path, out: Path) -> None:
 
 
 def bench(data: Path, runs: Path, out: Path) -> None:
-    """Stage 6: the seed's table for every row and backend, measured side by side in one run
-    (PyTorch eager fp32 = the baseline, ONNX Runtime), plus the deployment table and plots."""
-    _stage(f"6. defectnet-bench: ATT tables across backends -> {out}")
+    """Stage 7: the seed's table for every row and backend, measured side by side in one run
+    (PyTorch eager fp32 = the baseline, ONNX Runtime float32 and INT8), plus the deployment table and plots."""
+    _stage(f"7. defectnet-bench: ATT tables across backends -> {out}")
     settings = BenchSettings(data=str(data), runs_dir=str(runs), backends=("torch", "onnxruntime"), repeat=1,
                              warmup=2, batch=4)
     result = run_benchmark(settings, progress=False)
@@ -125,14 +153,16 @@ def bench(data: Path, runs: Path, out: Path) -> None:
 @click.option("--lr", default=LR, show_default=True, type=float, help="SGD learning rate (batch 4).")
 def main(out: Path, images: int, seed: int, epochs: int, lr: float) -> None:
     """Run DefectNet's main job on CPU: synthetic data -> statistics -> train DefectNet and the
-    one-model baseline -> export ONNX (parity-checked) -> defectnet-infer -> the seed's ATT
-    table for PyTorch and ONNX Runtime side by side."""
+    one-model baseline -> export ONNX (parity-checked) -> INT8 ONNX Runtime engine ->
+    defectnet-infer -> the seed's ATT table for PyTorch and ONNX Runtime (float32, INT8) side
+    by side."""
     start = time.perf_counter()
     try:
         data = make_data(out / "data", images, seed)
         show_statistics(data)
         runs = train_models(data, out / "runs", epochs, lr)
         engines = export_models(data, runs)
+        build_int8(data, engines["const"])
         infer_folder(data, engines["const"], out / "infer")
         bench(data, out / "runs", out / "bench")
     except DefectNetError as err:
