@@ -18,6 +18,7 @@ import click
 import torch
 
 from defectnet.errors import DefectNetError
+from defectnet.runtime.backends import BACKENDS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,8 +34,9 @@ from defectnet.errors import DefectNetError
 @click.option("--gate-threshold", type=float, default=None, help="Override the gate's P(defective) threshold.")
 @click.option("--engine", "engine_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Also evaluate this exported engine folder (repeatable), after the runs.")
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch"]),
-              help="Runtime backend for --engine folders.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(list(BACKENDS)),
+              help="Runtime backend for --engine folders (tensorrt: plans from defectnet-build-engine "
+              "--backend tensorrt, NVIDIA GPU).")
 @click.option("--scale", default=None, help="Test scale LONGxSHORT [default: each run's train scale], "
               "e.g. 1333x800 for the seed's test scale.")
 @click.option("--no-progress", is_flag=True)

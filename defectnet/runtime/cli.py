@@ -29,6 +29,7 @@ import click
 from torch import Tensor
 
 from defectnet.errors import DataError, DefectNetError
+from defectnet.runtime.backends import BACKENDS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 MODEL_STAGES = ("classifier", "gate", "select", "detector", "postprocess")
@@ -163,8 +164,9 @@ def run_inference(pipeline: Any, inputs: list[Path], out: IO[bytes], *, batch: i
               help="Results, one JSON line per input (written atomically).")
 @click.option("--save-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write annotated JPEGs (boxes, labels, verdict) into this folder.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True,
-              help="onnxruntime: the engine's graphs; torch: the checkpoint the engine was exported from.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
+              help="onnxruntime: the engine's graphs; torch: the checkpoint the engine was exported from; "
+              "tensorrt: the folder's TensorRT plans (defectnet-build-engine --backend tensorrt; NVIDIA GPU).")
 @click.option("--providers", default="cpu", show_default=True,
               help="onnxruntime providers: cpu, auto (TensorRT/CUDA when present) or a comma-separated list.")
 @click.option("--device", default="cpu", show_default=True, help="torch backend device (cpu, cuda[:N]).")

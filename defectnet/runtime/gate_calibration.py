@@ -34,6 +34,7 @@ import numpy as np
 
 from defectnet.errors import ConfigError, DataError, DefectNetError, EngineError
 from defectnet.io import atomic_write_json, sha256_file
+from defectnet.runtime.backends import BACKENDS
 from defectnet.runtime.engine import (
     CLASSIFIER,
     GATE,
@@ -175,7 +176,7 @@ def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLi
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--target-recall", default=0.995, show_default=True, type=float,
               help="Defective-image recall the gate must keep on this split.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
               help="onnxruntime: the engine's FP32 graphs; torch: the checkpoint it was exported from.")
 @click.option("--dry-run", is_flag=True, help="Print the operating point; do not change the manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

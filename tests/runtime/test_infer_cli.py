@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 from runtime_helpers import images
@@ -67,3 +68,16 @@ def test_infer_bad_engine_is_a_clean_error(tmp_path: Path) -> None:
                                        str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_infer_tensorrt_backend_without_tensorrt_says_what_it_needs(run_engine: Path, tmp_path: Path) -> None:
+    from defectnet.runtime.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("TensorRT and a GPU are present: the backend runs instead of failing")
+    paths = _write_inputs(tmp_path)
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(main, [str(p) for p in paths] + ["--engine", str(run_engine), "--out", str(out),
+                                                                 "--backend", "tensorrt", "--no-progress"])
+    assert result.exit_code == 1 and "needs an NVIDIA GPU with TensorRT" in result.output
+    assert not out.exists()
