@@ -75,13 +75,26 @@ def _read(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     return dict(state), dict(meta)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, optional: tuple[str, ...] = ()) -> list[str]:
     """Load weights written by :func:`save_weights` into ``model`` (strict: every key and
-    shape must match)."""
+    shape must match), except that keys under the module prefixes in ``optional`` (e.g.
+    ``("gate.",)``) may be absent from the file or from the model: absent from the file,
+    the model keeps its own (fresh) values. BatchNorm ``num_batches_tracked`` counters the
+    model has no place for (frozen BN) are dropped. Returns the model keys left at their own
+    values."""
     path = Path(path)
     state, meta = _read(path)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+
+    def required(key: str) -> bool:
+        return not key.startswith(optional) if optional else True
+
+    kept = sorted(k for k in set(own) - set(state) if not required(k))
+    # BatchNorm's step counter has no place in FrozenBatchNorm2d (torchvision drops it the same
+    # way), so weights of a model trained with BatchNorm load into one with frozen BN.
+    state = {k: v for k, v in state.items()
+             if k in own or (required(k) and not k.endswith(".num_batches_tracked"))}
+    missing = sorted(k for k in set(own) - set(state) if required(k))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state)
                    if tuple(own[k].shape) != tuple(state[k].shape))  # type: ignore[attr-defined]
@@ -101,7 +114,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
             "build the model with the same config (backbone, num_classes, with_gate, sizes) it was trained with"
         raise CheckpointError(f"weights file {str(path)!r} does not fit this {type(model).__name__}: "
                               f"{'; '.join(parts)}; {hint}")
-    model.load_state_dict(state)  # type: ignore[arg-type]
+    model.load_state_dict(state, strict=not kept)  # type: ignore[arg-type]
+    return kept
 
 
 def saved_config(path: str | os.PathLike[str]) -> ModelConfig:

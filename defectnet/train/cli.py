@@ -55,6 +55,10 @@ def _gate_schedule(variant: Variant, w0: float | None, k: float | None, t: float
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="torchvision ImageNet ResNet state_dict (.pth or .safetensors) to start from "
                    "[default: random init].")
+@click.option("--init", "init_from", type=click.Path(exists=True), default=None,
+              help="Start from a finished one-model/DefectNet run (or its checkpoints/epoch_NNNN) trained "
+              "with the same backbone and preset: the original's load_from of a pretrained detector. "
+              "A gate it lacks starts fresh; stem, stage 1 and BatchNorm stay frozen as for pretrained weights.")
 @click.option("--epochs", default=12, show_default=True, type=int)
 @click.option("--batch-size", default=2, show_default=True, type=int)
 @click.option("--scale", default="1333x800", show_default=True, help="Train scale LONGxSHORT (keep ratio).")
@@ -85,7 +89,8 @@ def _gate_schedule(variant: Variant, w0: float | None, k: float | None, t: float
 @click.option("--keep-checkpoints", default=0, show_default=True, type=int, help="Keep the newest N (0 = all).")
 @click.option("--resume", is_flag=True, help="Continue --out after its last complete epoch.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def main(variant: str, data_dir: str, out_dir: str, backbone: str, backbone_weights: str | None, epochs: int,
+def main(variant: str, data_dir: str, out_dir: str, backbone: str, backbone_weights: str | None,
+         init_from: str | None, epochs: int,
          batch_size: int, scale: str, lr: float | None, warmup_iters: int, max_warmup_fraction: float,
          grad_clip: float, gate_weight: float | None, gate_scale_factor: float | None,
          gate_period: float | None, gate_base: float | None, gate_threshold: float,
@@ -107,6 +112,7 @@ def main(variant: str, data_dir: str, out_dir: str, backbone: str, backbone_weig
             variant=v, epochs=epochs, batch_size=batch_size, lr=lr, warmup_iters=warmup_iters,
             max_warmup_fraction=max_warmup_fraction, grad_clip=grad_clip, scale=parse_scale(scale),
             seed=seed, workers=workers, device=device, backbone=backbone, backbone_weights=backbone_weights,
+            init_from=init_from,
             gate_schedule=_gate_schedule(v, gate_weight, gate_scale_factor, gate_period, gate_base),
             gate_threshold=gate_threshold, classifier_epochs=classifier_epochs, detector_run=detector_run,
             model_preset=model_preset, fpn_channels=fpn_channels, background_category_ids=tuple(background_ids),

@@ -96,6 +96,7 @@ class TrainConfig:
     device: str = "cpu"
     backbone: str = "resnet50"
     backbone_weights: str | None = None
+    init_from: str | None = None
     gate_schedule: GateLossSchedule | None = None
     gate_threshold: float = 0.5
     classifier_epochs: int | None = None
@@ -148,6 +149,13 @@ class TrainConfig:
             _positive_int("classifier_epochs", self.classifier_epochs)
             if not self.variant.is_two_model:
                 raise ConfigError("classifier_epochs only applies to two-model-small/two-model-large")
+        if self.init_from is not None:
+            if self.variant.is_two_model:
+                raise ConfigError("init_from (--init) starts a one-model or DefectNet detector from a finished run; "
+                                  "a two-model reuses a one-model run with --detector instead")
+            if self.backbone_weights is not None:
+                raise ConfigError("pass --init or --backbone-weights, not both: the --init run already holds the "
+                                  "backbone")
         if self.detector_run is not None and not self.variant.is_two_model:
             raise ConfigError("detector_run (--detector) only applies to two-model-small/two-model-large")
         if self.variant.is_defectnet:

@@ -39,6 +39,7 @@ from defectnet.io import atomic_write_json
 from defectnet.structures import ImageBatch, Target, is_defective
 from defectnet.train import checkpoint as ck
 from defectnet.train.config import TrainConfig, Variant
+from defectnet.train.init import initialise_from
 from defectnet.train.schedules import GateLossSchedule, LrSchedule
 
 #: Loss function of a stage: (model, batch on device, targets on device, 0-based epoch) -> named losses.
@@ -46,6 +47,8 @@ LossFn = Callable[[nn.Module, ImageBatch, list[Target], int], dict[str, Tensor]]
 Log = Callable[[str], None]
 
 #: Train-config fields that may differ when resuming (they do not change the result on CPU).
+#: Provenance of ``--init`` (which checkpoint, its hash, which tensors started fresh).
+INIT_FILE = "init.json"
 RESUMABLE_CHANGES = frozenset({"workers", "device", "epochs", "keep_checkpoints", "classifier_epochs"})
 
 
@@ -303,9 +306,10 @@ def _detector_config(model_io: ck.ModelIO, cfg: TrainConfig, num_classes: int, w
         "backbone_weights": cfg.backbone_weights, "with_gate": with_gate, "gate_threshold": cfg.gate_threshold}
     if cfg.fpn_channels is not None:
         kw["fpn_channels"] = cfg.fpn_channels
-    if cfg.backbone_weights is None:
-        # Freezing BN statistics and the first stages only makes sense for pretrained weights:
-        # frozen random layers cannot learn. From scratch, everything trains.
+    if cfg.backbone_weights is None and cfg.init_from is None:
+        # Freezing BN statistics and the first stages only makes sense for pretrained weights
+        # (--backbone-weights, or a trained detector with --init): frozen random layers cannot
+        # learn. From scratch, everything trains.
         kw.update(frozen_stages=-1, frozen_bn=False)
     return model_io.detector_config(kw)
 
@@ -322,9 +326,13 @@ def _train_detector(cfg: TrainConfig, dataset: Any, collate: Collate, stage_dir:
         data = Subset(dataset, keep)
     seed_everything(cfg.seed)
     model_config = _detector_config(model_io, cfg, dataset.num_classes, with_gate=gated)
-    if cfg.backbone_weights is None:
+    if cfg.backbone_weights is None and cfg.init_from is None:
         log("[detector] note: random backbone init (no --backbone-weights): BatchNorm and all stages train")
     model = model_io.build_detector(model_config)
+    if cfg.init_from is not None and not resume:  # resuming loads the run's own checkpoint instead
+        init = initialise_from(model, model_config, dict(dataset.label_to_category_id), cfg.init_from, log)
+        Path(stage_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(stage_dir) / INIT_FILE, init)
     stage = Stage(ck.KIND_DETECTOR, cfg.variant.value, model, model_config, data, collate,
                   detector_loss(cfg.gate_schedule if gated else None), cfg.epochs,
                   list(dataset.class_names), dict(dataset.label_to_category_id))
