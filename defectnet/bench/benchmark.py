@@ -49,6 +49,9 @@ class BenchSettings:
     ``intra_op_num_threads`` (None = the libraries' defaults). device: ``cpu`` or ``cuda``
     for torch and ONNX Runtime (TensorRT always runs on CUDA). normal_share: resample the
     images to this share (:mod:`defectnet.bench.resample`), deterministic for ``seed``.
+    gate_threshold: P(defective) at which every gated row (DefectNet gate, two-model
+    classifier) runs its detector, on every backend (None = each model's own: the run's
+    config for PyTorch, the manifest for engines).
     """
 
     data: str
@@ -66,6 +69,7 @@ class BenchSettings:
     device: str = "cpu"
     seed: int = 0
     quick: bool = False
+    gate_threshold: float | None = None
 
     def resolved(self) -> BenchSettings:
         """Defaults filled in (``--quick`` applied), values checked."""
@@ -86,6 +90,8 @@ class BenchSettings:
             raise ConfigError(f"--max-images must be >= 1, got {s.max_images}")
         if s.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be cpu or cuda, got {s.device!r}")
+        if s.gate_threshold is not None and not 0.0 <= s.gate_threshold <= 1.0:
+            raise ConfigError(f"--gate-threshold is a probability in [0, 1], got {s.gate_threshold}")
         if s.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: PyTorch sees no CUDA device here; use --device cpu")
         return s
@@ -105,7 +111,8 @@ class BenchSettings:
         if out is not None:
             args += ["--out", str(out)]
         for flag, value in (("--normal-share", self.normal_share), ("--repeat", self.repeat),
-                            ("--warmup", self.warmup), ("--max-images", self.max_images), ("--threads", self.threads)):
+                            ("--warmup", self.warmup), ("--max-images", self.max_images), ("--threads", self.threads),
+                            ("--gate-threshold", self.gate_threshold)):
             if value is not None:
                 args += [flag, str(value)]
         args += ["--batch", str(self.batch), "--backends", ",".join(self.backends), "--device", self.device,
@@ -132,7 +139,8 @@ def run_benchmark(settings: BenchSettings, *, progress: bool = True, log: Callab
     loaded: list[LoadedCase] = []
     for case in cases:
         try:
-            loaded.append(load_case(case, images, device=s.device, threads=s.threads, clock=clock))
+            loaded.append(load_case(case, images, device=s.device, threads=s.threads, clock=clock,
+                                    gate_threshold=s.gate_threshold))
             log(f"loaded {case.key} in {loaded[-1].load_s:.1f} s")
         except DefectNetError as e:
             skips.append(Skip(case.row.name, case.backend, case.precision, str(e)))

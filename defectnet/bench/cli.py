@@ -46,12 +46,15 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Device of torch and ONNX Runtime (TensorRT always uses CUDA).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image resampling.")
+@click.option("--gate-threshold", type=float, default=None,
+              help="P(defective) at which gated rows run the detector, on every backend [default: each model's "
+              "own; e.g. from defectnet-calibrate-gate --split train].")
 @click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def main(engines: tuple[Path, ...], checkpoints: tuple[Path, ...], runs_dir: Path | None, data: Path, split: str,
          out: Path | None, normal_share: float | None, repeat: int | None, warmup: int | None, batch: int,
          threads: int | None, max_images: int | None, quick: bool, backends: str, device: str, seed: int,
-         no_plots: bool, no_progress: bool) -> None:
+         gate_threshold: float | None, no_plots: bool, no_progress: bool) -> None:
     """Benchmark every model row on every backend on the same images: the seed's table (mAP,
     F1, ATT, ATT_normal, ATT_defective) per backend, speed-ups against the PyTorch one-model
     row of the same run, end-to-end time, p50/p99, throughput, gate recall, ATT_ideal, and
@@ -61,7 +64,7 @@ def main(engines: tuple[Path, ...], checkpoints: tuple[Path, ...], runs_dir: Pat
             data=str(data), split=split, engines=tuple(map(str, engines)), checkpoints=tuple(map(str, checkpoints)),
             runs_dir=str(runs_dir) if runs_dir else None, backends=tuple(parse_backends(backends)),
             normal_share=normal_share, max_images=max_images, repeat=repeat, warmup=warmup, batch=batch,
-            threads=threads, device=device, seed=seed, quick=quick)
+            threads=threads, device=device, seed=seed, quick=quick, gate_threshold=gate_threshold)
         out_dir = out or default_out_dir()
         result = run_benchmark(settings, progress=not no_progress, log=lambda m: click.echo(m, err=True))
         result.command = shlex.join(settings.command_line(out_dir))

@@ -192,7 +192,8 @@ def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, 
         alpha=alpha, beta=beta, num_images=n, num_normal=per_rep[0].num_normal,
         num_defective=per_rep[0].num_defective, num_detector_runs=gate.passed, num_detections=mres.num_detections,
         confusion={"tp": f1.tp, "fp": f1.fp, "fn": f1.fn, "tn": f1.tn}, has_gate=lc.has_gate, warmup=warmup,
-        score_threshold=SCORE_THRESHOLD, gate_threshold=None, device=lc.device, remark=lc.remark,
+        score_threshold=SCORE_THRESHOLD, gate_threshold=lc.pipeline.gate_threshold if lc.has_gate else None,
+        device=lc.device, remark=lc.remark,
         run_dir=str(case.row.run_dir) if case.row.run_dir else None, split=images.selection.get("split"))
     e2e_rep = [statistics.fmean(rep) * 1e3 for rep in raw.e2e_s]
     model_med = [t * 1e3 for t in _per_image_median(raw.model_s)]

@@ -175,9 +175,10 @@ def _check_classes(case: Case, names: Sequence[str], label_map: dict[int, int] |
 
 
 def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int | None = None,
-              clock: Clock = time.perf_counter) -> LoadedCase:
+              clock: Clock = time.perf_counter, gate_threshold: float | None = None) -> LoadedCase:
     """Build the pipeline of ``case`` (a :class:`~defectnet.runtime.Pipeline` over a
-    :class:`StageTimedBackend`). Raises a DefectNetError when the case cannot run here."""
+    :class:`StageTimedBackend`); ``gate_threshold`` overrides the model's own for gated rows.
+    Raises a DefectNetError when the case cannot run here."""
     from defectnet.runtime import Pipeline
     from defectnet.runtime.engine import load_engine
 
@@ -226,6 +227,8 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         sync = device_sync(where)
         if case.row.engines and case.engine is not None and case.engine.path.name != "engine":
             remark = f"{remark}, {case.engine.path.name}"
+    if gate_threshold is not None and kind != "one-model":
+        threshold = gate_threshold
     stages = StageTimedBackend(inner, sync, clock)
     pipeline = Pipeline(stages, kind=kind, class_names=images.class_names, gate_threshold=threshold,
                         preprocessor=preprocessor)

@@ -75,3 +75,25 @@ def test_normal_share_image_set(bench_data: Path) -> None:
     assert again.indices == images.indices
     capped = build_image_set(bench_data, "test", max_images=3, seed=0)
     assert len(capped) == 3 and capped.num_normal == 1
+
+
+def test_gate_threshold_applies_to_every_gated_case(bench_runs: Path, bench_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "thr"
+    result = CliRunner().invoke(main, ["--runs-dir", str(bench_runs), "--data", str(bench_data), "--out", str(out),
+                                       "--quick", "--threads", "1", "--batch", "1", "--backends", "torch,onnxruntime",
+                                       "--gate-threshold", "1.0", "--no-plots", "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["gate_threshold"] == 1.0 and "--gate-threshold 1.0" in data["command"]
+    for case in data["cases"]:
+        m = case["metrics"]
+        if case["row"] == "one-model":  # no gate: the override does not apply
+            assert m["gate_threshold"] is None and m["num_detector_runs"] == m["num_images"]
+        else:  # P(defective) < 1 for every image: nothing reaches the detector, on every backend
+            assert m["gate_threshold"] == 1.0 and m["num_detector_runs"] == 0
+
+
+def test_gate_threshold_must_be_a_probability(bench_runs: Path, bench_data: Path) -> None:
+    result = CliRunner().invoke(main, ["--runs-dir", str(bench_runs), "--data", str(bench_data), "--quick",
+                                       "--gate-threshold", "1.5", "--no-progress"])
+    assert result.exit_code == 1 and "--gate-threshold is a probability" in result.output
