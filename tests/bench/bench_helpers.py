@@ -46,6 +46,7 @@ class FakePipeline:
     (``n`` images per pass). Defective images get one detection (score 0.9)."""
 
     kind = "defectnet"
+    gate_threshold = 0.5
 
     def __init__(self, clock: FakeClock, *, normal_s: float = 0.010, defective_s: float = 0.030,
                  warm_calls: int = 0, warm_s: float = 1.0, preprocess_s: float = 0.002, n: int = 1,
