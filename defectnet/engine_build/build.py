@@ -344,7 +344,8 @@ def _accuracy_gate(src: Engine, out: Path, manifest: dict[str, Any], options: Bu
     if not report["passed"]:
         atomic_write_json(out / REJECTED_MANIFEST, manifest)
         (out / MANIFEST_FILE).unlink(missing_ok=True)
-        hint = ("Try --calib-method percentile or entropy, a larger --calib-size, or loosen the tolerance "
+        hint = ("Try another --calib-method (minmax, entropy, percentile; the best one differs between models), "
+                "a larger --calib-size, or loosen the tolerance "
                 "(--max-map-drop / --max-ap50-drop / --max-f1-drop / --max-recall-drop)"
                 if options.precision == "int8" else "Report the numbers; loosen the tolerance only knowingly")
         raise gate_error(report, out, options.precision, hint)
