@@ -132,3 +132,13 @@ def test_bad_threshold_rejected(run_engine: Path) -> None:
 
     with pytest.raises(ConfigError, match="gate_threshold"):
         Pipeline.from_engine(run_engine, gate_threshold=float("nan"))
+
+
+def test_ort_threads_do_not_spin_unless_asked(run_engine: Path) -> None:
+    quiet, spinning = OnnxRuntimeBackend(load_engine(run_engine)), OnnxRuntimeBackend(
+        load_engine(run_engine), allow_spinning=True)
+    quiet.load()
+    spinning.load()
+    for backend, want in ((quiet, "0"), (spinning, "1")):
+        for session in backend._sessions.values():
+            assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == want
