@@ -10,7 +10,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from defectnet.data.synthetic import KINDS, SynthParams, generate
 from defectnet.evaluation.cli import main as eval_main
 from defectnet.model import DefectNet, TwoModel
 from defectnet.train.checkpoint import load_run
@@ -23,11 +22,8 @@ COMMON = ["--epochs", "1", "--backbone", "resnet18", "--scale", "128x64", "--fpn
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    generate(SynthParams("fabric", images=10, normal_share=0.4, seed=0, size=(128, 64), test_share=0.3),
-             KINDS["fabric"], root)
-    return root
+def data_dir(tiny_fabric: Path) -> Path:
+    return tiny_fabric
 
 
 def _train(args: list[str]) -> None:

@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from defectnet.data.synthetic import KINDS, SynthParams, generate
 from defectnet.errors import ConfigError
 from defectnet.train import TrainConfig, Variant
 from defectnet.train.cli import main as train_main
@@ -24,11 +23,8 @@ COMMON = ["--epochs", "1", "--backbone", "resnet18", "--scale", "128x64", "--see
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    generate(SynthParams("fabric", images=8, normal_share=0.4, seed=0, size=(128, 64), test_share=0.25),
-             KINDS["fabric"], root)
-    return root
+def data_dir(tiny_fabric: Path) -> Path:
+    return tiny_fabric
 
 
 @pytest.fixture(scope="module")
