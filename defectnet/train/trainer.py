@@ -46,9 +46,9 @@ from defectnet.train.schedules import GateLossSchedule, LrSchedule
 LossFn = Callable[[nn.Module, ImageBatch, list[Target], int], dict[str, Tensor]]
 Log = Callable[[str], None]
 
-#: Train-config fields that may differ when resuming (they do not change the result on CPU).
 #: Provenance of ``--init`` (which checkpoint, its hash, which tensors started fresh).
 INIT_FILE = "init.json"
+#: Train-config fields that may differ when resuming (they do not change the result on CPU).
 RESUMABLE_CHANGES = frozenset({"workers", "device", "epochs", "keep_checkpoints", "classifier_epochs"})
 
 
@@ -329,7 +329,9 @@ def _train_detector(cfg: TrainConfig, dataset: Any, collate: Collate, stage_dir:
     if cfg.backbone_weights is None and cfg.init_from is None:
         log("[detector] note: random backbone init (no --backbone-weights): BatchNorm and all stages train")
     model = model_io.build_detector(model_config)
-    if cfg.init_from is not None and not resume:  # resuming loads the run's own checkpoint instead
+    # Resuming a run that has a checkpoint loads that instead; one stopped before its first
+    # checkpoint starts from --init again.
+    if cfg.init_from is not None and not (resume and ck.list_checkpoints(Path(stage_dir))):
         init = initialise_from(model, model_config, dict(dataset.label_to_category_id), cfg.init_from, log)
         Path(stage_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(stage_dir) / INIT_FILE, init)

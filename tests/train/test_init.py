@@ -60,6 +60,15 @@ def test_defectnet_starts_from_a_one_model_run(one_model: Path, data_dir: Path, 
     assert json.loads((out / "train_config.json").read_text())["init_from"] == str(one_model)
 
 
+def test_resume_before_the_first_checkpoint_starts_from_init_again(one_model: Path, data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "const"
+    result = CliRunner().invoke(train_main, ["--model", "const", "--out", str(out), "--fpn-channels", "32",
+                                             "--init", str(one_model), "--resume", *COMMON, str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "initialised from" in result.output and (out / "init.json").is_file()
+
+
 def test_init_refuses_a_different_detector(one_model: Path, data_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(train_main, ["--model", "const", "--out", str(tmp_path / "c"), "--fpn-channels", "16",
                                              "--init", str(one_model), *COMMON, str(data_dir)])
