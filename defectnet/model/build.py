@@ -87,7 +87,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, optional: tu
     own = model.state_dict()
 
     def required(key: str) -> bool:
-        return not key.startswith(optional) if optional else True
+        return not key.startswith(optional)  # startswith(()) is False: no prefixes, all required
 
     kept = sorted(k for k in set(own) - set(state) if not required(k))
     # BatchNorm's step counter has no place in FrozenBatchNorm2d (torchvision drops it the same

@@ -353,8 +353,13 @@ def _resolve(run_dir: Path, rel: Any, path: Path) -> Path:
     return p if p.is_absolute() else run_dir / p
 
 
+def final_checkpoint(run_dir: Path, raw: dict[str, Any]) -> Path:
+    """The epoch folder a detector/classifier stage's ``run.json`` (``raw``) names as final."""
+    return _resolve(run_dir, raw.get("final_checkpoint"), run_dir / RUN_FILE)
+
+
 def _stage_info(run_dir: Path, raw: dict[str, Any], verify: bool) -> tuple[RunInfo, CheckpointMeta]:
-    ckpt = _resolve(run_dir, raw.get("final_checkpoint"), run_dir / RUN_FILE)
+    ckpt = final_checkpoint(run_dir, raw)
     meta = read_checkpoint(ckpt, verify=verify)
     info = RunInfo(run_dir, meta.kind, str(raw.get("variant", meta.variant)), ckpt, meta.epoch,
                    meta.class_names, meta.label_to_category_id, meta.model_config, meta.train_config)

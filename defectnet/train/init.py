@@ -37,7 +37,7 @@ def resolve_init(path: str | Path) -> Path:
         if raw.get("kind") != ck.KIND_DETECTOR:
             raise ConfigError(f"--init {p} is a {raw.get('kind')!r} run; pass a finished one-model or DefectNet "
                               "run folder (or one of its checkpoints/epoch_NNNN folders)")
-        return ck._resolve(p, raw.get("final_checkpoint"), p / ck.RUN_FILE)
+        return ck.final_checkpoint(p, raw)
     raise ConfigError(f"--init {p} is neither a finished run folder (run.json) nor a checkpoint folder "
                       f"({ck.WEIGHTS_FILE}); pass RUN_DIR or RUN_DIR/checkpoints/epoch_NNNN")
 

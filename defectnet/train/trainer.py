@@ -365,7 +365,7 @@ def _check_reused_detector(run: Path, dataset: Any) -> None:
     if raw.get("kind") != ck.KIND_DETECTOR or raw.get("variant") != Variant.ONE_MODEL.value:
         raise ConfigError(f"--detector {run} must be a finished one-model run, it is a "
                           f"{raw.get('variant')!r} {raw.get('kind')!r} run")
-    meta = ck.read_checkpoint(ck._resolve(run, raw.get("final_checkpoint"), run / ck.RUN_FILE))
+    meta = ck.read_checkpoint(ck.final_checkpoint(run, raw))
     if meta.label_to_category_id != dict(dataset.label_to_category_id):
         raise ConfigError(f"--detector {run} was trained on other categories ({meta.class_names}) than "
                           f"--data ({list(dataset.class_names)}); train a one-model run on this data")
