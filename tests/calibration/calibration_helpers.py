@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+import tiny_models
 
 from defectnet.data.synthetic import KINDS, SynthParams, generate
-from defectnet.model import DefectNet, ModelConfig, build_model
+from defectnet.model import DefectNet, ModelConfig
 
 #: (long, short) preprocessing scale of the tiny engines; synthetic fabric images are 192x96.
 SCALE = (192, 96)
@@ -20,17 +20,10 @@ IMAGE_SIZE = (192, 96)  # (width, height) of the generated images
 
 def tiny_model(num_classes: int, seed: int = 0, **changes: Any) -> DefectNet:
     """ResNet-18, 16-channel FPN, few proposals; livelier heads so scores spread out."""
-    torch.manual_seed(seed)
     cfg = ModelConfig.preset("compact", num_classes=num_classes, backbone="resnet18", fpn_channels=16,
                              representation_size=32, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
                              detections_per_img=20)
-    model = build_model(cfg.replace(**changes)).eval()
-    with torch.no_grad():
-        for head in model.roi_heads.heads:
-            head.cls_score.weight.normal_(0, 0.3)
-        if model.gate is not None:
-            model.gate.fc.weight.normal_(0, 0.01)
-    return model
+    return tiny_models.tiny_model(cfg, seed, **changes)
 
 
 def synthetic_data(root: Path, images: int = 16, seed: int = 0) -> Path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import tiny_models
 import torch
 from torch import Tensor
 
-from defectnet.model import DefectNet, ModelConfig, build_model
+from defectnet.model import DefectNet, ModelConfig
 
 CLASSES = ["hole", "stain"]
 SCALE = (320, 256)
@@ -16,16 +17,9 @@ SCALE = (320, 256)
 
 def tiny_model(seed: int = 0, **changes: Any) -> DefectNet:
     """ResNet-18, 32-channel FPN, fewer proposals; livelier class and gate heads."""
-    torch.manual_seed(seed)
     cfg = ModelConfig(num_classes=2, backbone="resnet18", fpn_channels=32, representation_size=64,
                       rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=300, detections_per_img=50)
-    model = build_model(cfg.replace(**changes)).eval()
-    with torch.no_grad():
-        for head in model.roi_heads.heads:
-            head.cls_score.weight.normal_(0, 0.3)
-        if model.gate is not None:
-            model.gate.fc.weight.normal_(0, 0.01)  # P(defective) varies from image to image
-    return model
+    return tiny_models.tiny_model(cfg, seed, **changes)
 
 
 def images(n: int, seed: int = 0) -> list[Tensor]:
