@@ -2,7 +2,7 @@
 
     python benchmarks/backbone_share.py RUN_DIR --data DATA_DIR [--out FILE.json]
 
-Prints GFLOPs and median CPU times of both paths on the first test image at the run's
+Prints GFLOPs and median CPU times of both paths (interleaved) on the first test image at the run's
 train scale and at the seed's test scale (1333x800 keep-ratio), and writes them as JSON.
 """
 
@@ -25,7 +25,7 @@ from defectnet.train import load_run
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", default=10, show_default=True, help="Timed calls per path (interleaved).")
 def main(run_dir: Path, data_dir: Path, out: Path | None, repeats: int) -> None:
     model, info = load_run(run_dir)
     train_scale = tuple(info.train_config.get("scale", (1333, 800)))

@@ -49,10 +49,13 @@ def _gflops(fn: object) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def path_cost(model: DefectNet, image: Tensor, image_size: tuple[int, int], *, repeats: int = 5) -> PathCost:
+def path_cost(model: DefectNet, image: Tensor, image_size: tuple[int, int], *, repeats: int = 10,
+              warmup: int = 3) -> PathCost:
     """Cost of one padded image ``[1, 3, H, W]`` (0..255) through both paths of ``model``.
 
-    Times are medians of ``repeats`` calls after one warm-up call each, on the CPU.
+    Times are medians of ``repeats`` calls per path on the CPU, the two paths interleaved
+    (normal, full, normal, ...) after ``warmup`` untimed rounds, so that a machine that
+    speeds up or slows down during the measurement shifts both paths alike.
     """
     model.eval()
     sizes = [image_size]
@@ -65,11 +68,11 @@ def path_cost(model: DefectNet, image: Tensor, image_size: tuple[int, int], *, r
 
         g_normal, g_full = _gflops(normal), _gflops(full)
         times: dict[str, list[float]] = {"normal": [], "full": []}
-        for fn, key in ((normal, "normal"), (full, "full")):
-            fn()
-            for _ in range(repeats):
+        for round_ in range(warmup + repeats):
+            for fn, key in ((normal, "normal"), (full, "full")):
                 t0 = time.perf_counter()
                 fn()
-                times[key].append((time.perf_counter() - t0) * 1e3)
+                if round_ >= warmup:
+                    times[key].append((time.perf_counter() - t0) * 1e3)
     return PathCost((int(image.shape[-2]), int(image.shape[-1])), g_normal, g_full,
                     statistics.median(times["normal"]), statistics.median(times["full"]))
