@@ -81,7 +81,7 @@ def frame_pool(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarra
 
 def soak(insp_kwargs: dict[str, Any], pipeline: Any, pool: list[np.ndarray], frames: int,
          sample_every: int) -> dict[str, Any]:
-    from defectnet.runtime.inspector import Inspector
+    from defectnet.runtime.inspection.inspector import Inspector
 
     samples: list[tuple[int, int]] = []
     count = [0]
@@ -112,8 +112,8 @@ def compare(insp_kwargs: dict[str, Any], pipeline: Any, pool: list[np.ndarray], 
             rounds: int = 4) -> dict[str, Any]:
     """Throughput on the same n frames: Inspector stream vs Pipeline.run one at a time, in
     alternating rounds (ABAB...) so that load from other processes hits both alike."""
-    from defectnet.runtime.inspector import Inspector
-    from defectnet.runtime.validation import to_image
+    from defectnet.runtime.inspection.inspector import Inspector
+    from defectnet.runtime.inspection.validation import to_image
 
     frames = [pool[i % len(pool)] for i in range(n)]
     chunks = [frames[i::rounds] for i in range(rounds)]
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from defectnet.runtime.backends import OnnxRuntimeBackend
     from defectnet.runtime.engine import load_engine
     from defectnet.runtime.pipeline import Pipeline
-    from defectnet.runtime.validation import to_image
+    from defectnet.runtime.inspection.validation import to_image
 
     torch.set_num_threads(max(1, args.threads))
     if args.make_engine:

@@ -219,7 +219,7 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
             ort.load()
             inner, where = ort, ort.device
         elif case.backend == TENSORRT:
-            from defectnet.runtime.tensorrt_backend import TensorRtBackend
+            from defectnet.runtime.backends.trt import TensorRtBackend
 
             inner, where = TensorRtBackend(engine, "cuda"), "cuda"
         else:  # pragma: no cover - plan_cases only makes the three

@@ -328,7 +328,7 @@ def plan_cases(rows: Sequence[ModelRow], backends: Sequence[str], *,
 def tensorrt_unavailable_reason() -> str | None:
     """None when real TensorRT and a CUDA device are usable here, else why not."""
     try:
-        from defectnet.runtime.tensorrt_backend import import_tensorrt, require_cuda
+        from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
     except ImportError:
         return "this defectnet has no TensorRT backend"
     try:

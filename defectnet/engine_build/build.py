@@ -211,7 +211,7 @@ def _tensorrt_plans(src: Engine, out: Path, graph_files: dict[str, Path], precis
                     options: BuildOptions) -> dict[str, Any]:
     from defectnet.calibration.cache import default_cache_dir
     from defectnet.engine_build.tensorrt import build_plan, default_profile, timing_cache_path
-    from defectnet.runtime.tensorrt_backend import PLAN_SUFFIX, platform_info
+    from defectnet.runtime.backends.trt import PLAN_SUFFIX, platform_info
 
     profile = options.profile
     if profile is None:
@@ -244,7 +244,7 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
 
     options.validate()
     if options.backend == "tensorrt":  # fail before any work on a machine without TensorRT
-        from defectnet.runtime.tensorrt_backend import import_tensorrt, require_cuda
+        from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda()

@@ -26,7 +26,7 @@ from defectnet.errors import DefectNetError
 
 
 def _default_backend() -> str:
-    from defectnet.runtime.tensorrt_backend import tensorrt_available
+    from defectnet.runtime.backends.trt import tensorrt_available
 
     return "tensorrt" if tensorrt_available() else "onnxruntime"
 
@@ -131,7 +131,7 @@ def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path
         raise click.UsageError("pass exactly one of --model NAME, --checkpoint PATH or --engine EXPORTED_DIR")
     backend = backend or _default_backend()
     if backend == "tensorrt":  # fail at once, before exporting or calibrating anything
-        from defectnet.runtime.tensorrt_backend import import_tensorrt, require_cuda
+        from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda()

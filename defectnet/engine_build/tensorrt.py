@@ -15,7 +15,7 @@ TensorRT 10/11 Python API, explicit precision:
 * a timing cache file (loaded before, saved after every build) so rebuilds and the second
   graph reuse kernel timings;
 * ``builder.build_serialized_network`` -> a plan file with a JSON provenance header
-  (:mod:`defectnet.runtime.tensorrt_backend`).
+  (:mod:`defectnet.runtime.backends.trt`).
 
 Nothing here imports TensorRT at module import time.
 """
@@ -116,8 +116,8 @@ def build_plan(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike[s
     import onnx
 
     from defectnet.io import atomic_write_bytes
-    from defectnet.runtime.tensorrt_backend import plan_header, platform_info, require_cuda, write_plan
-    from defectnet.runtime.trt_api import tensorrt_api
+    from defectnet.runtime.backends.trt import plan_header, platform_info, require_cuda, write_plan
+    from defectnet.runtime.backends.trt.api import tensorrt_api
 
     trt = tensorrt_api()
     require_cuda()

@@ -13,7 +13,7 @@ and preprocessing, as the seed measured it) next to the end-to-end time per imag
 
 ``--watch DIR`` inspects files as they appear in DIR instead, appending one record per file
 to ``--out`` and never inspecting a file twice across restarts (``--state``; ``--once`` to
-process what is there and exit): see :mod:`defectnet.runtime.watch`.
+process what is there and exit): see :mod:`defectnet.runtime.inspection.watch`.
 """
 
 from __future__ import annotations
@@ -226,9 +226,9 @@ def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Pat
            providers: str | list[str], device: str, batch: int, gate_threshold: float | None,
            state_file: Path | None, once: bool, poll_interval: float, stable_for: float,
            save_images: Path | None) -> None:
-    """``--watch``: :func:`defectnet.runtime.watch.watch_folder` with an Inspector."""
-    from defectnet.runtime.inspector import Inspector
-    from defectnet.runtime.watch import watch_folder
+    """``--watch``: :func:`defectnet.runtime.inspection.watch.watch_folder` with an Inspector."""
+    from defectnet.runtime.inspection.inspector import Inspector
+    from defectnet.runtime.inspection.watch import watch_folder
 
     if inputs:
         raise click.UsageError("--watch takes no IMAGES_OR_FOLDERS arguments")

@@ -165,7 +165,7 @@ class Pipeline:
         """The first half of :meth:`run`: preprocess, gate, select the gate-positive features.
 
         ``run(x) == detect_stage(gate_stage(x))``; the two halves may run on different threads
-        (the :class:`~defectnet.runtime.inspector.Inspector` overlaps batch k+1's gate with
+        (the :class:`~defectnet.runtime.inspection.inspector.Inspector` overlaps batch k+1's gate with
         batch k's detector).
         """
         if not images:

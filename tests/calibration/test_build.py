@@ -106,7 +106,7 @@ def test_packages_import_without_tensorrt() -> None:
     import sys
 
     code = ("import sys; import defectnet.calibration, defectnet.engine_build, defectnet.engine_build.cli, "
-            "defectnet.runtime.tensorrt_backend, defectnet.runtime.trt_api; "
+            "defectnet.runtime.backends.trt, defectnet.runtime.backends.trt.api; "
             "bad = [m for m in sys.modules if m == 'tensorrt' or m.startswith(('tensorrt.', 'onnxruntime'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 from runtime_helpers import CLASSES, images
 
+from defectnet.engine_build.gate_calibration import main, threshold_for_recall
 from defectnet.errors import ConfigError, DataError
 from defectnet.runtime import Pipeline, load_engine
-from defectnet.runtime.gate_calibration import main, threshold_for_recall
 
 pytestmark = pytest.mark.timeout(120)
 

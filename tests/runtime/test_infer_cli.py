@@ -71,7 +71,7 @@ def test_infer_bad_engine_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_infer_tensorrt_backend_without_tensorrt_says_what_it_needs(run_engine: Path, tmp_path: Path) -> None:
-    from defectnet.runtime.tensorrt_backend import tensorrt_available
+    from defectnet.runtime.backends.trt import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT and a GPU are present: the backend runs instead of failing")

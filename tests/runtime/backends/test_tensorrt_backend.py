@@ -12,7 +12,7 @@ import pytest
 
 from defectnet.errors import BackendUnavailableError, EngineError
 from defectnet.runtime import make_backend
-from defectnet.runtime.tensorrt_backend import (
+from defectnet.runtime.backends.trt import (
     PLAN_MAGIC,
     check_plan,
     plan_header,
@@ -68,7 +68,7 @@ def test_backend_without_tensorrt_says_how_to_fix(tmp_path: Path) -> None:
 
 def _stub_signatures() -> dict[tuple[str, str], list[list[str]]]:
     """(class, method) -> parameter-name lists of every overload in the installed stub text
-    (the stub file itself does not parse, see defectnet.runtime.trt_api)."""
+    (the stub file itself does not parse, see defectnet.runtime.backends.trt.api)."""
     import importlib.util
 
     spec = importlib.util.find_spec("tensorrt_bindings")
@@ -91,7 +91,7 @@ def _stub_signatures() -> dict[tuple[str, str], list[list[str]]]:
 
 
 def test_typed_api_matches_the_installed_stubs() -> None:
-    from defectnet.runtime import trt_api
+    from defectnet.runtime.backends.trt import api as trt_api
 
     stubs = _stub_signatures()
     names = {"Builder": "Builder", "IBuilderConfig": "IBuilderConfig", "IOptimizationProfile": "IOptimizationProfile",

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from defectnet.errors import ConfigError
 from defectnet.io import atomic_write, atomic_write_text
-from defectnet.runtime.metrics import InspectorMetrics
+from defectnet.runtime.inspection.metrics import InspectorMetrics
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

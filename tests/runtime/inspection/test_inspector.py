@@ -17,14 +17,14 @@ from runtime_helpers import CLASSES
 
 from defectnet.errors import ConfigError
 from defectnet.runtime import Backend, Pipeline, RawDetections
-from defectnet.runtime.inspector import (
+from defectnet.runtime.inspection.inspector import (
     InspectionResult,
     Inspector,
     InspectorBusyError,
     InspectorClosedError,
     PostFilter,
 )
-from defectnet.runtime.review import ReviewConfig
+from defectnet.runtime.inspection.review import ReviewConfig
 
 pytestmark = pytest.mark.timeout(120)
 

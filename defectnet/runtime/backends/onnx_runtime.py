@@ -1,35 +1,21 @@
-"""Inference backends behind one small interface (Polygraphy-like).
+"""The ONNX Runtime backend: the engine's ONNX graphs, features kept between them.
 
-A backend runs the graphs of one model; the :class:`~defectnet.runtime.pipeline.Pipeline`
-does everything else (preprocessing, gate decisions, sub-batch selection, box mapping),
-so every backend gets exactly the same inputs::
-
-    backend.load()                                  build sessions (idempotent)
-    p = backend.run_classifier(images, sizes)       two-model engines only
-    p, feats = backend.run_gate(images, sizes)      feats stay where the backend keeps them
-    feats = backend.select(feats, index)            the gate-positive sub-batch
-    raw = backend.run_detector(feats, sizes)        padded RawDetections on the host
-
-images: uint8 ``[B, 3, H, W]`` (preprocessed, padded); sizes: int64 ``[B, 2]`` (h, w);
-index: int64 ``[K]``. ``feats`` is backend-specific and opaque to callers.
-
-:class:`OnnxRuntimeBackend` imports onnxruntime lazily and keeps the features as
+onnxruntime is imported lazily (when the backend loads). The features stay as
 ``OrtValue``s on the session's device between the graphs (IOBinding); the sub-batch
 selection runs as a tiny in-memory ``Gather`` graph on the same device, so features never
-visit numpy. :class:`TorchBackend` runs the PyTorch model (the reference).
+visit numpy.
 """
 
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from defectnet.errors import BackendUnavailableError, EngineError
+from defectnet.runtime.backends.base import Backend, RawDetections
 from defectnet.runtime.engine import (
     CLASSIFIER,
     DETECTOR,
@@ -40,114 +26,6 @@ from defectnet.runtime.engine import (
     Engine,
 )
 
-if TYPE_CHECKING:
-    from defectnet.model import DefectNet, TwoModel
-
-
-@dataclass
-class RawDetections:
-    """Detector outputs on the host, padded: boxes float32 ``[B, M, 4]`` (model-input
-    pixels), scores ``[B, M]``, labels int64 ``[B, M]`` (1..K, 0 = padding), count ``[B]``."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    count: Tensor
-
-    def __len__(self) -> int:
-        return int(self.count.shape[0])
-
-    def image(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(boxes ``[n, 4]``, scores ``[n]``, labels ``[n]``) of image ``i``."""
-        n = int(self.count[i])
-        return self.boxes[i, :n], self.scores[i, :n], self.labels[i, :n]
-
-
-class Backend(abc.ABC):
-    """The interface every backend implements (see the module docstring)."""
-
-    name: ClassVar[str]
-
-    def load(self) -> None:  # noqa: B027 - optional hook
-        """Prepare sessions/devices; called once before the first run (idempotent)."""
-
-    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
-        raise EngineError(f"the {self.name} backend holds no classifier (only two-model engines have one)")
-
-    @abc.abstractmethod
-    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Any]:
-        """-> (P(defective) float32 ``[B]`` on the host, opaque features)."""
-
-    @abc.abstractmethod
-    def select(self, features: Any, index: Tensor) -> Any:
-        """Features of the images ``index`` (int64 ``[K]``, K >= 1), in that order."""
-
-    @abc.abstractmethod
-    def run_detector(self, features: Any, image_sizes: Tensor) -> RawDetections:
-        """Detections of the images whose features are given."""
-
-
-# ----------------------------------------------------------------------------- PyTorch
-class TorchBackend(Backend):
-    """The PyTorch model itself: a DefectNet (with or without gate) or a TwoModel."""
-
-    name = "torch"
-
-    def __init__(self, model: DefectNet | TwoModel, device: str | torch.device = "cpu") -> None:
-        from defectnet.model import TwoModel
-
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.two_model = isinstance(model, TwoModel)
-        self.detector: DefectNet = model.detector if isinstance(model, TwoModel) else model  # type: ignore[assignment]
-        self.max_detections = int(self.detector.config.detections_per_img)
-
-    @classmethod
-    def from_engine(cls, engine: Engine, device: str | torch.device = "cpu") -> TorchBackend:
-        """The PyTorch model an engine was exported from (its manifest names the checkpoint;
-        the weights' SHA-256 must still match)."""
-        from defectnet.export.source import load_source_from_manifest
-
-        model = load_source_from_manifest(engine.manifest, engine.root).model
-        return cls(model, device)  # type: ignore[arg-type]  # ExportSource checks the type
-
-    @torch.no_grad()
-    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
-        if not self.two_model:
-            return super().run_classifier(images, image_sizes)
-        p: Tensor = self.model.classifier.p_defective(  # type: ignore[union-attr,operator]
-            images.to(self.device), image_sizes.to(self.device))
-        return p.float().cpu()
-
-    @torch.no_grad()
-    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        p, feats = self.detector.features(images.to(self.device), image_sizes.to(self.device))
-        return p.float().cpu(), feats
-
-    def select(self, features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-        n = next(iter(features.values())).shape[0]
-        if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
-            return features
-        idx = index.to(self.device)
-        return {k: v.index_select(0, idx) for k, v in features.items()}
-
-    @torch.no_grad()
-    def run_detector(self, features: dict[str, Tensor], image_sizes: Tensor) -> RawDetections:
-        sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
-        dets = self.detector.detect(features, sizes)
-        m, b = self.max_detections, len(dets)
-        boxes = torch.zeros(b, m, 4)
-        scores = torch.zeros(b, m)
-        labels = torch.zeros(b, m, dtype=torch.int64)
-        count = torch.zeros(b, dtype=torch.int64)
-        for i, d in enumerate(dets):
-            n = min(int(d.scores.shape[0]), m)
-            boxes[i, :n], scores[i, :n], labels[i, :n] = d.boxes[:n].cpu(), d.scores[:n].cpu(), d.labels[:n].cpu()
-            count[i] = n
-        return RawDetections(boxes, scores, labels, count)
-
-
-# ----------------------------------------------------------------------------- ONNX Runtime
 CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 _ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -285,24 +163,5 @@ class OnnxRuntimeBackend(Backend):
         return RawDetections(boxes.float(), scores.float(), labels.to(torch.int64), count.to(torch.int64))
 
 
-BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name, "tensorrt")
 
-
-def make_backend(engine: Engine, name: str = "onnxruntime", *, providers: str | list[str] | None = None,
-                 device: str = "cpu") -> Backend:
-    """``onnxruntime`` (the engine's graphs), ``torch`` (the checkpoint it was exported from)
-    or ``tensorrt`` (the folder's serialized TensorRT engines; imported lazily, on ``cuda``
-    when ``device`` is the CPU default)."""
-    if name == OnnxRuntimeBackend.name:
-        return OnnxRuntimeBackend(engine, providers)
-    if name == TorchBackend.name:
-        return TorchBackend.from_engine(engine, device)
-    if name == "tensorrt":
-        from defectnet.runtime.tensorrt_backend import TensorRtBackend
-
-        return TensorRtBackend(engine, "cuda" if device == "cpu" else device)
-    raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-
-
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "RawDetections", "TorchBackend", "make_backend",
-           "resolve_providers"]
+__all__ = ["CPU_PROVIDERS", "OnnxRuntimeBackend", "resolve_providers"]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from defectnet.runtime.inspector import Inspector
-from defectnet.runtime.validation import InputError, InputLimits, Reason, to_image
+from defectnet.runtime.inspection.inspector import Inspector
+from defectnet.runtime.inspection.validation import InputError, InputLimits, Reason, to_image
 
 pytestmark = pytest.mark.timeout(120)
 

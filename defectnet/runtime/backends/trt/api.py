@@ -15,6 +15,10 @@ from __future__ import annotations
 import builtins
 from typing import Any, Protocol, cast
 
+import torch
+
+from defectnet.errors import BackendUnavailableError
+
 
 class Dims(Protocol):
     def __getitem__(self, arg0: int) -> int: ...
@@ -167,7 +171,40 @@ class TensorRT(Protocol):
 
 def tensorrt_api() -> TensorRT:
     """The real ``tensorrt`` module, typed; :class:`~defectnet.errors.BackendUnavailableError`
-    without TensorRT (see :func:`defectnet.runtime.tensorrt_backend.import_tensorrt`)."""
-    from defectnet.runtime.tensorrt_backend import import_tensorrt
-
+    without TensorRT (see :func:`import_tensorrt`)."""
     return cast(TensorRT, import_tensorrt())
+
+
+# ----------------------------------------------------------------------------- availability
+INSTALL_HINT = ("needs an NVIDIA GPU with TensorRT (pip install tensorrt, or 'pip install defectnet[tensorrt]'; "
+                "TensorRT 10+ and a CUDA build of PyTorch)")
+
+
+def import_tensorrt() -> Any:
+    """The real ``tensorrt`` module, or :class:`BackendUnavailableError`. ``import tensorrt`` can
+    succeed without TensorRT (the ``tensorrt-stubs`` type stubs install an empty namespace
+    package), so availability is tested with ``hasattr(trt, "Builder")``."""
+    try:
+        import tensorrt as trt_module
+    except ImportError:
+        raise BackendUnavailableError(f"the TensorRT backend {INSTALL_HINT}: tensorrt is not installed") from None
+    if not hasattr(trt_module, "Builder"):
+        raise BackendUnavailableError(f"the TensorRT backend {INSTALL_HINT}: only the tensorrt type stubs are "
+                                      "installed here, not TensorRT itself")
+    return trt_module
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(f"the TensorRT backend {INSTALL_HINT}: PyTorch sees no CUDA device "
+                                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+
+
+def tensorrt_available() -> bool:
+    """True when real TensorRT and a CUDA device are usable (never raises)."""
+    try:
+        import_tensorrt()
+        require_cuda()
+    except BackendUnavailableError:
+        return False
+    return True

@@ -1,4 +1,4 @@
-"""Counters and latency histograms of an :class:`~defectnet.runtime.inspector.Inspector`,
+"""Counters and latency histograms of an :class:`~defectnet.runtime.inspection.inspector.Inspector`,
 exported in the Prometheus text exposition format (version 0.0.4), with no dependency.
 
 Exported series (all prefixed ``defectnet_inspector_``)::

@@ -25,7 +25,7 @@ Threads and queues::
   :class:`InspectorBusyError` instead and the frame is *not* accepted (the exception is its
   answer). A slow ``on_result`` callback therefore slows ``submit`` down too.
 * **Exactly one record per accepted frame**, in submission order: a verdict (``OK``/``NG``
-  with boxes) or ``ERROR`` with a :class:`~defectnet.runtime.validation.Reason` code and a
+  with boxes) or ``ERROR`` with a :class:`~defectnet.runtime.inspection.validation.Reason` code and a
   message (bad input, backend exception, deadline under the ``skip`` policy). A batch
   whose backend call raises is retried one frame at a time, so one poisonous frame does
   not take its batch-mates down.
@@ -60,11 +60,11 @@ from torch import Tensor
 from defectnet.errors import ConfigError, DefectNetError
 from defectnet.runtime.backends import Backend, OnnxRuntimeBackend, make_backend
 from defectnet.runtime.engine import Engine, load_engine
-from defectnet.runtime.metrics import InspectorMetrics
+from defectnet.runtime.inspection.metrics import InspectorMetrics
+from defectnet.runtime.inspection.records import ERROR, InspectionResult, PostFilter
+from defectnet.runtime.inspection.review import ReviewConfig, ReviewWriter
+from defectnet.runtime.inspection.validation import InputError, InputLimits, Reason, describe, to_image
 from defectnet.runtime.pipeline import NG, OK, GatedBatch, ImageResult, Pipeline
-from defectnet.runtime.records import ERROR, InspectionResult, PostFilter
-from defectnet.runtime.review import ReviewConfig, ReviewWriter
-from defectnet.runtime.validation import InputError, InputLimits, Reason, describe, to_image
 
 log = logging.getLogger(__name__)
 DeadlinePolicy = Literal["report", "skip"]
@@ -173,7 +173,7 @@ class Inspector:
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, image: Any, key: Any = None, *, timeout: float | None = None,
                deadline_ms: float | None = _UNSET) -> Future[InspectionResult]:
-        """Accept one frame (any input of :mod:`defectnet.runtime.validation`); its record goes
+        """Accept one frame (any input of :mod:`defectnet.runtime.inspection.validation`); its record goes
         to the returned future, the ``on_result`` callback and :meth:`results`.
 
         key: the caller's id, copied into the record (default: the path for a file, else the
@@ -247,7 +247,7 @@ class Inspector:
 
     def metrics_text(self) -> str:
         """Counters, gauges and latency histograms in the Prometheus text format
-        (:mod:`defectnet.runtime.metrics` lists the series)."""
+        (:mod:`defectnet.runtime.inspection.metrics` lists the series)."""
         gauges = {"in_flight": self._in_flight, "queued_frames": self._inbox.qsize(),
                   "gate_threshold": self.pipeline.gate_threshold}
         return self.metrics.prometheus_text(gauges, reasons=[r.value for r in Reason])

@@ -16,7 +16,7 @@ from PIL import Image
 from runtime_helpers import images
 
 from defectnet.runtime.cli import IMAGE_SUFFIXES, main
-from defectnet.runtime.watch import FolderScanner, WatchState
+from defectnet.runtime.inspection.watch import FolderScanner, WatchState
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,0 +1,72 @@
+"""The backend interface (Polygraphy-like) and the detector output every backend returns.
+
+A backend runs the graphs of one model; the :class:`~defectnet.runtime.pipeline.Pipeline`
+does everything else (preprocessing, gate decisions, sub-batch selection, box mapping),
+so every backend gets exactly the same inputs::
+
+    backend.load()                                  build sessions (idempotent)
+    p = backend.run_classifier(images, sizes)       two-model engines only
+    p, feats = backend.run_gate(images, sizes)      feats stay where the backend keeps them
+    feats = backend.select(feats, index)            the gate-positive sub-batch
+    raw = backend.run_detector(feats, sizes)        padded RawDetections on the host
+
+images: uint8 ``[B, 3, H, W]`` (preprocessed, padded); sizes: int64 ``[B, 2]`` (h, w);
+index: int64 ``[K]``. ``feats`` is backend-specific and opaque to callers.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from defectnet.errors import EngineError
+
+
+@dataclass
+class RawDetections:
+    """Detector outputs on the host, padded: boxes float32 ``[B, M, 4]`` (model-input
+    pixels), scores ``[B, M]``, labels int64 ``[B, M]`` (1..K, 0 = padding), count ``[B]``."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    count: Tensor
+
+    def __len__(self) -> int:
+        return int(self.count.shape[0])
+
+    def image(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(boxes ``[n, 4]``, scores ``[n]``, labels ``[n]``) of image ``i``."""
+        n = int(self.count[i])
+        return self.boxes[i, :n], self.scores[i, :n], self.labels[i, :n]
+
+
+class Backend(abc.ABC):
+    """The interface every backend implements (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Prepare sessions/devices; called once before the first run (idempotent)."""
+
+    def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        raise EngineError(f"the {self.name} backend holds no classifier (only two-model engines have one)")
+
+    @abc.abstractmethod
+    def run_gate(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Any]:
+        """-> (P(defective) float32 ``[B]`` on the host, opaque features)."""
+
+    @abc.abstractmethod
+    def select(self, features: Any, index: Tensor) -> Any:
+        """Features of the images ``index`` (int64 ``[K]``, K >= 1), in that order."""
+
+    @abc.abstractmethod
+    def run_detector(self, features: Any, image_sizes: Tensor) -> RawDetections:
+        """Detections of the images whose features are given."""
+
+
+
+__all__ = ["Backend", "RawDetections"]
