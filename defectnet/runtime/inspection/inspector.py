@@ -60,7 +60,7 @@ from torch import Tensor
 from defectnet.errors import ConfigError, DefectNetError
 from defectnet.runtime.backends import Backend, OnnxRuntimeBackend, make_backend
 from defectnet.runtime.engine import Engine, load_engine
-from defectnet.runtime.inspection.metrics import InspectorMetrics
+from defectnet.runtime.inspection.metrics import InspectorMetrics, MetricsServer, serve_registry
 from defectnet.runtime.inspection.records import ERROR, InspectionResult, PostFilter
 from defectnet.runtime.inspection.review import ReviewConfig, ReviewWriter
 from defectnet.runtime.inspection.validation import InputError, InputLimits, Reason, describe, to_image
@@ -136,6 +136,8 @@ class Inspector:
         self.on_result = on_result
         self.keep_results = on_result is None if keep_results is None else bool(keep_results)
         self.review = ReviewWriter(review, self.metrics) if review is not None else None
+        self.registry = _registry(self)
+        self._servers: list[MetricsServer] = []
 
         self._slots = threading.Semaphore(self.max_in_flight)
         self._lock = threading.Lock()
@@ -252,6 +254,16 @@ class Inspector:
                   "gate_threshold": self.pipeline.gate_threshold}
         return self.metrics.prometheus_text(gauges, reasons=[r.value for r in Reason])
 
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve this inspector's metrics at ``http://host:port/metrics`` (a daemon thread).
+        port 0 picks a free one (``handle.port``). Loopback by default: pass ``0.0.0.0`` only
+        on a trusted network. ``handle.shutdown()`` stops it; :meth:`close` stops every
+        server this inspector started."""
+        server = serve_registry(self.registry, port, host)
+        with self._lock:
+            self._servers.append(server)
+        return server
+
     def stats(self) -> dict[str, Any]:
         """:meth:`InspectorMetrics.snapshot` (counts, p50/p90/p99 latency in ms, pass rate)."""
         return self.metrics.snapshot()
@@ -271,6 +283,10 @@ class Inspector:
                 t.join()
             if self.review is not None:
                 self.review.close()
+        with self._lock:
+            servers, self._servers = self._servers, []
+        for server in servers:
+            server.shutdown()
 
     def __enter__(self) -> Inspector:
         return self
@@ -437,6 +453,21 @@ class Inspector:
             with self._lock:
                 self._in_flight -= 1
             self._slots.release()
+
+
+def _registry(inspector: Inspector) -> Any:
+    """A prometheus_client registry of this inspector's series only."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import Collector
+
+    class _Bridge(Collector):
+        def collect(self) -> Iterator[Any]:
+            yield from text_string_to_metric_families(inspector.metrics_text())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Bridge())
+    return registry
 
 
 def _check_deadline(deadline_ms: float | None) -> None:

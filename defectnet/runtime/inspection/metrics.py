@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from defectnet.errors import ConfigError
+
 PREFIX = "defectnet_inspector_"
 #: Latency buckets in seconds: 1 ms .. 30 s (a CPU frame takes 10 ms to several seconds).
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -224,4 +226,51 @@ class InspectorMetrics:
         return "\n".join(out) + "\n"
 
 
-__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "Histogram", "InspectorMetrics"]
+class MetricsServer:
+    """A running ``/metrics`` HTTP endpoint (prometheus_client's WSGI server on a daemon
+    thread). ``host``/``port``: where it listens (the real port when 0 was asked for);
+    :meth:`shutdown` stops it and closes its socket (idempotent)."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self._lock = threading.Lock()
+        self._stopped = False
+        address = server.server_address
+        self.host, self.port = str(address[0]), int(address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped and self._thread.is_alive()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._server.shutdown()  # ends serve_forever (blocks until it has)
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+
+def serve_registry(registry: Any, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve ``registry`` (a prometheus_client ``CollectorRegistry``) at
+    ``http://host:port/metrics``. port 0 picks a free port (see :attr:`MetricsServer.port`)."""
+    from prometheus_client import start_http_server
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"the metrics port must be an integer in 0..65535 (0 = any free port), got {port!r}")
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise ConfigError(f"cannot serve metrics on {host}:{port} ({e}); choose a free port (or 0 for any) "
+                          "and a host address of this machine (127.0.0.1 for local scrapers only)") from None
+    return MetricsServer(server, thread)
+
+
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "Histogram", "InspectorMetrics", "MetricsServer", "serve_registry"]

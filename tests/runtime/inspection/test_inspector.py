@@ -314,3 +314,32 @@ def test_four_threads_match_a_sequential_run(run_engine: Path) -> None:
         torch.testing.assert_close(r.boxes, ref.boxes, atol=1e-2, rtol=0)
     assert any(r.ran_detector for r in got.values()) and not all(r.ran_detector for r in got.values())
     assert len(list(insp.results())) == 6  # submit()ted frames are streamed, inspect()ed ones are not
+
+
+def test_serve_metrics_answers_on_loopback_and_stops() -> None:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    insp = Inspector(fake_pipeline())
+    insp.inspect(frame(200))
+    server = insp.serve_metrics(0)  # 0: any free port; 127.0.0.1 by default
+    assert server.host == "127.0.0.1" and server.port > 0 and server.running
+    with urllib.request.urlopen(server.url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("defectnet_inspector_results_total", (("verdict", "NG"),))] == 1
+    stopped = insp.serve_metrics(0)
+    stopped.shutdown()
+    stopped.shutdown()  # idempotent
+    assert not stopped.running
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(stopped.url, timeout=5)
+    insp.close()  # stops the server it started
+    assert not server.running
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(server.url, timeout=5)
+    with pytest.raises(ConfigError, match="0..65535"):
+        insp.serve_metrics(70000)
