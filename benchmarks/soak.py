@@ -48,7 +48,8 @@ def rss_bytes() -> int:
 def make_tiny_engine(out: Path, scale: tuple[int, int]) -> Path:
     """Export a random-weight ResNet-18 DefectNet (32-channel FPN, 300 proposals, livelier
     gate) to ``out``: the size class of the runtime tests' engine."""
-    from defectnet.export import ExportSource, export_engine
+    from defectnet.export import export_engine
+    from defectnet.model_source import ModelSource
     from defectnet.model import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -60,7 +61,7 @@ def make_tiny_engine(out: Path, scale: tuple[int, int]) -> Path:
             head.cls_score.weight.normal_(0, 0.3)
         assert model.gate is not None
         model.gate.fc.weight.normal_(0, 0.01)
-    export_engine(ExportSource(model, ["hole", "stain"], scale=scale), out, verify=False)
+    export_engine(ModelSource(model, ["hole", "stain"], scale=scale), out, verify=False)
     return out
 
 

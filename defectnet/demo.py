@@ -20,9 +20,10 @@ from defectnet.data.synthetic import KINDS, SynthParams, generate
 from defectnet.engine_build import BuildOptions, build_engine, default_out
 from defectnet.engine_build.accuracy import Tolerances
 from defectnet.errors import DefectNetError
-from defectnet.export import export_engine, load_source
+from defectnet.export import export_engine
 from defectnet.export.verify import dataset_images
 from defectnet.io import atomic_write
+from defectnet.model_source import load_source
 from defectnet.runtime import Pipeline
 from defectnet.runtime.cli import Summary, run_inference
 from defectnet.train import TrainConfig, Variant, train

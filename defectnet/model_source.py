@@ -1,4 +1,7 @@
-"""What an export starts from: a trained model plus everything the engine must record.
+"""A trained model plus everything an engine records about it: what ``defectnet-export``
+starts from and what the runtime's PyTorch backend loads (this module sits below both, so
+neither imports the other; ``defectnet.train`` is imported only when a run or checkpoint
+folder is loaded).
 
 :func:`load_source` accepts a finished run folder (``RUN_DIR/run.json``, what
 ``defectnet-train --out`` writes), one epoch checkpoint folder (``checkpoint.json``) or a
@@ -25,7 +28,7 @@ _WEIGHTS = "model.safetensors"
 
 
 @dataclass
-class ExportSource:
+class ModelSource:
     """A model ready to export.
 
     model: the DefectNet (gate or one-model) or TwoModel, in eval mode on the CPU.
@@ -81,7 +84,7 @@ def default_class_names(k: int) -> list[str]:
     return [f"class_{i}" for i in range(1, k + 1)]
 
 
-def _from_run(run_dir: Path) -> ExportSource:
+def _from_run(run_dir: Path) -> ModelSource:
     from defectnet.train import load_run
 
     model, info = load_run(run_dir)
@@ -91,11 +94,11 @@ def _from_run(run_dir: Path) -> ExportSource:
         weights[str(det)] = sha256_file(det)
     train_config = info.detector.train_config if info.detector is not None else info.train_config
     scale = tuple(info.train_config.get("scale") or train_config.get("scale") or DEFAULT_SCALE)
-    return ExportSource(model, list(info.class_names), run_dir, weights, info.variant,
+    return ModelSource(model, list(info.class_names), run_dir, weights, info.variant,
                         (int(scale[0]), int(scale[1])))
 
 
-def _from_checkpoint(ckpt_dir: Path) -> ExportSource:
+def _from_checkpoint(ckpt_dir: Path) -> ModelSource:
     from defectnet.train.checkpoint import build_from_checkpoint, default_model_io
 
     model, meta = build_from_checkpoint(ckpt_dir, default_model_io())
@@ -103,20 +106,20 @@ def _from_checkpoint(ckpt_dir: Path) -> ExportSource:
         raise ExportError(f"{ckpt_dir} is a {meta.kind} checkpoint; export a detector checkpoint, or the "
                           "two-model run folder (which names both its classifier and detector)")
     scale = tuple(meta.train_config.get("scale") or DEFAULT_SCALE)
-    return ExportSource(model, list(meta.class_names), ckpt_dir,
+    return ModelSource(model, list(meta.class_names), ckpt_dir,
                         {str(ckpt_dir / _WEIGHTS): sha256_file(ckpt_dir / _WEIGHTS)}, meta.variant,
                         (int(scale[0]), int(scale[1])))
 
 
-def _from_weights(path: Path) -> ExportSource:
+def _from_weights(path: Path) -> ModelSource:
     from defectnet.model import load_model
 
     model = load_model(path)
-    return ExportSource(model, default_class_names(model.config.num_classes), path,
+    return ModelSource(model, default_class_names(model.config.num_classes), path,
                         {str(path): sha256_file(path)}, "")
 
 
-def load_source(path: str | os.PathLike[str]) -> ExportSource:
+def load_source(path: str | os.PathLike[str]) -> ModelSource:
     """Load a run folder, a checkpoint folder or a weights file (see the module docstring)."""
     path = Path(path)
     try:
@@ -135,7 +138,7 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
                       "(checkpoint.json) nor a DefectNet .safetensors weights file; pass one of those")
 
 
-def load_source_from_manifest(manifest: Any, root: Path) -> ExportSource:
+def load_source_from_manifest(manifest: Any, root: Path) -> ModelSource:
     """The source an engine was exported from, checked against the recorded weight hashes."""
     from defectnet.errors import EngineError
 

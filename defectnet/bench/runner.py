@@ -192,7 +192,7 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
             names, label_map, scale, divisor = list(info.class_names), dict(info.label_to_category_id), \
                 _scale_of(info), 32
         else:
-            from defectnet.export.source import load_source_from_manifest
+            from defectnet.model_source import load_source_from_manifest
 
             assert case.engine is not None
             engine = load_engine(case.engine.path)

@@ -40,8 +40,9 @@ def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None,
 
     if engine is not None:
         return engine
-    from defectnet.export import export_engine, load_source
+    from defectnet.export import export_engine
     from defectnet.export.verify import dataset_images
+    from defectnet.model_source import load_source
     from defectnet.runtime.engine import load_engine
 
     path = _source_path(model, runs_dir, checkpoint)

@@ -2,7 +2,6 @@
 
 Public API::
 
-    load_source(path) -> ExportSource          a run folder, checkpoint folder or weights file
     export_engine(source, out_dir) -> manifest  gate.onnx + detector.onnx (+ classifier.onnx),
                                                 metadata, TensorRT check, parity, manifest.json
     verify_engine_dir(...)                      ONNX Runtime vs PyTorch parity (Tolerances)
@@ -16,12 +15,10 @@ Command line: ``defectnet-export`` (:mod:`defectnet.export.cli`).
 from defectnet.export.exporter import DEFAULT_OPSET, export_engine, export_graphs
 from defectnet.export.graphs import ClassifierGraph, DetectorGraph, GateGraph
 from defectnet.export.nms import batched_nms
-from defectnet.export.source import ExportSource, load_source
 from defectnet.export.trt_ops import check_graph, check_graphs
 from defectnet.export.verify import Tolerances, verify_engine_dir
 
 __all__ = [
-    "DEFAULT_OPSET", "ClassifierGraph", "DetectorGraph", "ExportSource", "GateGraph", "Tolerances",
-    "batched_nms", "check_graph", "check_graphs", "export_engine", "export_graphs", "load_source",
-    "verify_engine_dir",
+    "DEFAULT_OPSET", "ClassifierGraph", "DetectorGraph", "GateGraph", "Tolerances",
+    "batched_nms", "check_graph", "check_graphs", "export_engine", "export_graphs", "verify_engine_dir",
 ]

@@ -79,9 +79,9 @@ def main(model: str | None, runs_dir: Path, checkpoint: Path | None, out: Path |
 def _main(model: str | None, runs_dir: Path, checkpoint: Path | None, out: Path | None, data_dir: Path | None,
           opset: int, no_verify: bool, verify_only: bool, engine_dir: Path | None) -> None:
     from defectnet.export.exporter import export_engine
-    from defectnet.export.source import load_source, load_source_from_manifest
     from defectnet.export.verify import dataset_images, verify_engine_dir
     from defectnet.io import atomic_write_json
+    from defectnet.model_source import load_source, load_source_from_manifest
     from defectnet.runtime.engine import MANIFEST_FILE, load_engine
 
     path = _source_path(model, runs_dir, checkpoint)

@@ -29,9 +29,9 @@ import defectnet
 from defectnet.data.transforms import PAD_VALUE, PIXEL_MEAN, PIXEL_STD
 from defectnet.errors import ExportError
 from defectnet.export.graphs import ClassifierGraph, DetectorGraph, GateGraph
-from defectnet.export.source import ExportSource
 from defectnet.export.trt_ops import check_graphs
 from defectnet.io import atomic_write_bytes, atomic_write_json
+from defectnet.model_source import ModelSource
 from defectnet.runtime.engine import (
     CLASSIFIER,
     CLASSIFIER_OUTPUTS,
@@ -71,7 +71,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def preprocessing_block(source: ExportSource) -> dict[str, Any]:
+def preprocessing_block(source: ModelSource) -> dict[str, Any]:
     """What a runtime must do before the gate graph (and what the graph does itself)."""
     return {"scale": list(source.scale), "size_divisor": source.size_divisor, "pad_value": list(PAD_VALUE),
             "resize": "keep-ratio, long side <= max(scale), short side <= min(scale), antialiased",
@@ -120,7 +120,7 @@ def _finish(data: bytes, graph: str, meta: dict[str, str], doc: str) -> Any:
     return model
 
 
-def trace_inputs(source: ExportSource, batch: int = 2) -> tuple[Tensor, Tensor]:
+def trace_inputs(source: ModelSource, batch: int = 2) -> tuple[Tensor, Tensor]:
     """Example inputs for tracing: a small uint8 batch of two different image sizes."""
     h, w = 2 * 64, 3 * 64
     g = torch.Generator().manual_seed(0)
@@ -129,7 +129,7 @@ def trace_inputs(source: ExportSource, batch: int = 2) -> tuple[Tensor, Tensor]:
     return images, sizes
 
 
-def export_graphs(source: ExportSource, out: Path, opset: int = DEFAULT_OPSET) -> dict[str, Path]:
+def export_graphs(source: ModelSource, out: Path, opset: int = DEFAULT_OPSET) -> dict[str, Path]:
     """Write gate.onnx, detector.onnx (and classifier.onnx) with metadata to ``out``."""
     if opset < 17:
         raise ExportError(f"opset {opset} is too old: RoiAlign with output_half_pixel needs opset >= 16 and the "
@@ -179,7 +179,7 @@ def export_graphs(source: ExportSource, out: Path, opset: int = DEFAULT_OPSET) -
     return paths
 
 
-def build_manifest(source: ExportSource, paths: dict[str, Path], opset: int, trt: dict[str, Any],
+def build_manifest(source: ModelSource, paths: dict[str, Path], opset: int, trt: dict[str, Any],
                    verification: dict[str, Any] | None) -> dict[str, Any]:
     cfg = source.detector.config
     graphs = {}
@@ -210,7 +210,7 @@ def build_manifest(source: ExportSource, paths: dict[str, Path], opset: int, trt
     }
 
 
-def export_engine(source: ExportSource, out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
+def export_engine(source: ModelSource, out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
                   verify: bool = True, images: list[Tensor] | None = None, image_source: str = "synthetic",
                   tolerances: Any = None) -> dict[str, Any]:
     """Export ``source`` to the engine folder ``out`` and return its manifest.

@@ -32,8 +32,8 @@ from torchvision.ops import box_iou
 
 from defectnet.data.transforms import Preprocessor
 from defectnet.errors import DataError, ExportError
-from defectnet.export.source import ExportSource
 from defectnet.io import atomic_write_json
+from defectnet.model_source import ModelSource
 from defectnet.runtime.backends import OnnxRuntimeBackend, RawDetections
 from defectnet.runtime.engine import engine_from_manifest
 
@@ -165,7 +165,7 @@ def _scales(scale: tuple[int, int], divisor: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def verify_engine_dir(root: str | os.PathLike[str], manifest: Mapping[str, Any], source: ExportSource, *,
+def verify_engine_dir(root: str | os.PathLike[str], manifest: Mapping[str, Any], source: ModelSource, *,
                       images: list[Tensor] | None = None, image_source: str = "synthetic",
                       tolerances: Tolerances | None = None, providers: str | list[str] | None = None
                       ) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import torch
 
 from defectnet.data.coco import load_split
 from defectnet.data.synthetic import KINDS, SynthParams, generate
-from defectnet.export import export_engine, load_source
+from defectnet.export import export_engine
 from defectnet.model import ModelConfig, build_model
+from defectnet.model_source import load_source
 from defectnet.train.checkpoint import CheckpointMeta, default_model_io, save_checkpoint, write_run_json
 
 SCALE = (192, 96)

@@ -20,7 +20,8 @@ from defectnet.calibration import (
     tensorrt_flavour,
 )
 from defectnet.data.coco import load_split
-from defectnet.export import ExportSource, export_engine
+from defectnet.export import export_engine
+from defectnet.model_source import ModelSource
 from defectnet.runtime import Engine, load_engine
 
 
@@ -34,7 +35,7 @@ def tiny_engine(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> En
     torch.set_num_threads(2)
     ds = load_split(tiny_data, "train", scale=SCALE)
     out = tmp_path_factory.mktemp("calib-engine") / "engine"
-    export_engine(ExportSource(tiny_model(ds.num_classes), list(ds.class_names), variant="const", scale=SCALE), out,
+    export_engine(ModelSource(tiny_model(ds.num_classes), list(ds.class_names), variant="const", scale=SCALE), out,
                   verify=False)
     return load_engine(out)
 

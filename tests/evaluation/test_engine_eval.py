@@ -10,8 +10,9 @@ import torch
 from defectnet.data.coco import load_split
 from defectnet.data.synthetic import KINDS, SynthParams, generate
 from defectnet.evaluation.evaluate import evaluate, evaluate_engine
-from defectnet.export import ExportSource, export_engine
+from defectnet.export import export_engine
 from defectnet.model import ModelConfig, build_model
+from defectnet.model_source import ModelSource
 
 SCALE = (192, 96)
 
@@ -35,7 +36,7 @@ def test_onnxruntime_engine_metrics_equal_pytorch(tmp_path: Path) -> None:
     torch.manual_seed(0)  # the same weights again, with the new threshold
     model = build_model(cfg.replace(gate_threshold=midpoint)).eval()
     engine = tmp_path / "engine"
-    export_engine(ExportSource(model, list(ds.class_names), variant="const", scale=SCALE), engine, verify=False)
+    export_engine(ModelSource(model, list(ds.class_names), variant="const", scale=SCALE), engine, verify=False)
 
     ref = evaluate(model, ds, name="torch", warmup=1, progress=False)
     got = evaluate_engine(engine, data, warmup=1, progress=False)

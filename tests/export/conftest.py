@@ -9,13 +9,14 @@ import pytest
 import torch
 from export_helpers import CLASSES, SCALE, tiny_model
 
-from defectnet.export import ExportSource, export_engine
+from defectnet.export import export_engine
+from defectnet.model_source import ModelSource
 
 
 @pytest.fixture(scope="session")
-def defectnet_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportSource, dict[str, Any]]:
+def defectnet_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelSource, dict[str, Any]]:
     torch.set_num_threads(2)
-    source = ExportSource(tiny_model(), CLASSES, scale=SCALE)
+    source = ModelSource(tiny_model(), CLASSES, scale=SCALE)
     out = tmp_path_factory.mktemp("engine") / "const"
     manifest = export_engine(source, out)
     return out, source, manifest

@@ -12,8 +12,9 @@ import torch
 from export_helpers import CLASSES, SCALE, tiny_model, tiny_two_model
 
 from defectnet.errors import ExportError
-from defectnet.export import ExportSource, export_engine, verify_engine_dir
+from defectnet.export import export_engine, verify_engine_dir
 from defectnet.io import sha256_file
+from defectnet.model_source import ModelSource
 from defectnet.runtime import OnnxRuntimeBackend, load_engine
 
 
@@ -21,7 +22,7 @@ def _meta(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ExportSource, dict[str, Any]]) -> None:
+def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]) -> None:
     out, source, manifest = defectnet_engine
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
@@ -59,7 +60,7 @@ def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ExportS
     assert set(trt["graphs"]) == {"gate", "detector"}
 
 
-def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ExportSource, dict[str, Any]]) -> None:
+def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]) -> None:
     report = defectnet_engine[2]["verification"]
     assert report["passed"] and not report["failures"]
     runs = report["runs"]
@@ -73,7 +74,7 @@ def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ExportSource, dic
         assert r["score_max_abs_diff"] <= 1e-3 and r["box_max_abs_diff"] <= 0.5
 
 
-def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, ExportSource, dict[str, Any]]
+def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]
                                                   ) -> None:
     """The 2nd and 3rd image of a batch get the same detections as when run alone (no NMS cross-talk)."""
     out, source, _ = defectnet_engine
@@ -92,7 +93,7 @@ def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, 
 
 
 def test_one_model_baseline_exports_with_pass_through_gate(tmp_path: Path) -> None:
-    source = ExportSource(tiny_model(1, with_gate=False), CLASSES, scale=SCALE)
+    source = ModelSource(tiny_model(1, with_gate=False), CLASSES, scale=SCALE)
     manifest = export_engine(source, tmp_path / "one")
     assert manifest["kind"] == "one-model" and set(manifest["graphs"]) == {"gate", "detector"}
     assert manifest["verification"]["passed"]
@@ -102,7 +103,7 @@ def test_one_model_baseline_exports_with_pass_through_gate(tmp_path: Path) -> No
 
 
 def test_two_model_baseline_exports_classifier(tmp_path: Path) -> None:
-    source = ExportSource(tiny_two_model(), CLASSES, scale=SCALE)
+    source = ModelSource(tiny_two_model(), CLASSES, scale=SCALE)
     manifest = export_engine(source, tmp_path / "two")
     assert manifest["kind"] == "two-model"
     assert set(manifest["graphs"]) == {"classifier", "gate", "detector"}
@@ -110,14 +111,14 @@ def test_two_model_baseline_exports_classifier(tmp_path: Path) -> None:
     assert {"RoiAlign"} <= {n.op_type for n in onnx.load(str(tmp_path / "two" / "classifier.onnx")).graph.node}
 
 
-def test_verification_fails_loudly_past_tolerance(defectnet_engine: tuple[Path, ExportSource, dict[str, Any]]
+def test_verification_fails_loudly_past_tolerance(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]
                                                   ) -> None:
     out, source, manifest = defectnet_engine
     changed = tiny_model()
     with torch.no_grad():
         changed.gate.fc.bias += torch.tensor([0.0, 0.5])  # type: ignore[union-attr]
         changed.roi_heads.heads[2].bbox_pred.bias += 0.2
-    other = ExportSource(changed, CLASSES, scale=SCALE)
+    other = ModelSource(changed, CLASSES, scale=SCALE)
     with pytest.raises(ExportError, match=r"P\(defective\) differs by .*boxes differ by"):
         verify_engine_dir(out, manifest, other)
     assert (out / "verification-failed.json").is_file()

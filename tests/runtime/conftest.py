@@ -9,8 +9,9 @@ import pytest
 import torch
 from runtime_helpers import CLASSES, SCALE, tiny_model
 
-from defectnet.export import ExportSource, export_engine, load_source
+from defectnet.export import export_engine
 from defectnet.model import ClassifierConfig, TwoModel, build_classifier
+from defectnet.model_source import ModelSource, load_source
 from defectnet.train.checkpoint import CheckpointMeta, default_model_io, save_checkpoint, write_run_json
 
 
@@ -37,5 +38,5 @@ def two_model_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tw
         classifier.fc.weight.normal_(0, 0.01)
     model = TwoModel(classifier, tiny_model(1, with_gate=False)).eval()
     out = tmp_path_factory.mktemp("two") / "engine"
-    export_engine(ExportSource(model, CLASSES, scale=SCALE), out, verify=False)
+    export_engine(ModelSource(model, CLASSES, scale=SCALE), out, verify=False)
     return out, model

@@ -32,10 +32,10 @@ class TorchBackend(Backend):
     def from_engine(cls, engine: Engine, device: str | torch.device = "cpu") -> TorchBackend:
         """The PyTorch model an engine was exported from (its manifest names the checkpoint;
         the weights' SHA-256 must still match)."""
-        from defectnet.export.source import load_source_from_manifest
+        from defectnet.model_source import load_source_from_manifest
 
         model = load_source_from_manifest(engine.manifest, engine.root).model
-        return cls(model, device)  # type: ignore[arg-type]  # ExportSource checks the type
+        return cls(model, device)  # type: ignore[arg-type]  # ModelSource checks the type
 
     @torch.no_grad()
     def run_classifier(self, images: Tensor, image_sizes: Tensor) -> Tensor:
