@@ -1,7 +1,7 @@
 """The calibration set: images of the TRAIN split, stratified by label and by input size.
 
 INT8 ranges are only as good as the images they were measured on. Two pain points of
-other toolkits shape the selection (DESIGN.md section 5): calibration that only sees one
+other toolkits shape the selection (``docs/architecture.md``, "Precision"): calibration that only sees one
 input shape, and INT8 that loses the defects. So the train split is divided into strata
 ``(normal|defective, padded input size H x W)`` -- the size the gate graph really sees
 after the keep-ratio resize and padding of the engine's preprocessing -- and every

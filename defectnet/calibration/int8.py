@@ -1,6 +1,6 @@
 """INT8 explicit quantization: calibrate once with onnxruntime, emit two Q/DQ flavours.
 
-Precision lives in the graph (DESIGN.md section 5: TensorRT 10.1 deprecated implicit INT8
+Precision lives in the graph (``docs/architecture.md``, "Precision": TensorRT 10.1 deprecated implicit INT8
 calibrators, TensorRT 11 removed them). One calibration measures the activation ranges
 (:func:`calibrate_graph`: ``create_calibrator`` + ``collect_data`` in chunks +
 ``compute_data``); both flavours are then written from those *same* ranges by
@@ -17,8 +17,8 @@ calibration pass, :func:`quantize_graph`):
 
 ``onnxruntime``
     uint8 activations (asymmetric) + int8 weights, i.e. U8S8: ONNX Runtime's fast x86
-    integer convolutions are U8S8 (3.9x on the gate graph vs 1.2-1.5x for S8S8, DESIGN.md
-    section 5), int32 biases (what its QLinearConv fusion expects), Q/DQ around Conv, Gemm,
+    integer convolutions are U8S8 (3.9x on the gate graph vs 1.2-1.5x for S8S8,
+    ``docs/architecture.md``, "Precision"), int32 biases (what its QLinearConv fusion expects), Q/DQ around Conv, Gemm,
     MatMul, Add, Relu, MaxPool, Resize and Flatten, so whole chains run in integers. ``reduce_range`` (7-bit weights) is switched on automatically on x86 CPUs
     without VNNI, where U8S8 products can saturate.
 

@@ -1,4 +1,4 @@
-"""COCO bbox mAP exactly as the seed measured it (DESIGN.md section 2).
+"""COCO bbox mAP exactly as the seed measured it (``docs/method.md``, "Metrics").
 
 mAP = AP@[.5:.95] and AP50 from pycocotools' COCOeval (bbox, area "all", maxDets 100),
 averaged over the defect categories only (the ground truth passed in holds no background

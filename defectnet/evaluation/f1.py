@@ -1,6 +1,6 @@
 """Image-level F1 as the seed measured it, and the gate's recall/precision.
 
-F1 (DESIGN.md section 2): an image is *predicted* defective iff any of its detections has a
+F1 (``docs/method.md``, "Metrics"): an image is *predicted* defective iff any of its detections has a
 score > 0.05 (the test score threshold); it is *truly* defective iff it has a defect
 annotation. Per class c in {normal, defective}: ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``
 (0 when TP_c = 0). The reported number is the **macro** average over the classes that occur

@@ -1,4 +1,4 @@
-"""Per-image timing (ATT) exactly as the seed measured it (DESIGN.md section 2).
+"""Per-image timing (ATT) exactly as the seed measured it (``docs/method.md``, "Metrics").
 
 ATT is the mean per-image time at batch size 1, measured between device synchronisations
 around the model call. Included: the host-to-device copy of the already preprocessed

@@ -7,7 +7,7 @@ K, NMS through a symbolic that emits one standard ``NonMaxSuppression``, no Pyth
 control flow on data — so the traced graph has no ``If``/``Loop`` nodes and keeps every
 dimension dynamic. ``dynamo=True`` would need the data-dependent NMS output and NonZero
 sizes declared as unbacked symbols plus a custom translation table, for the same graph.
-The parity check at two input sizes (DESIGN.md 5) guards against frozen sizes either way.
+The parity check at two input sizes (``docs/architecture.md``, "Export") guards against frozen sizes either way.
 """
 
 from __future__ import annotations

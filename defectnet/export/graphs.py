@@ -3,7 +3,7 @@
 * :class:`GateGraph`: ``(images uint8 [B, 3, H, W], image_sizes int64 [B, 2]) ->
   (p_defective [B], c2, c3, c4, c5)``. Normalisation happens inside (the model's own
   ``Normalize``); resize/pad and box rescaling stay outside (a traced resize freezes the
-  export size, see DESIGN.md section 5). For a model without a gate (the one-model
+  export size, see ``docs/architecture.md``, "Export"). For a model without a gate (the one-model
   baseline and the two-model's detector) it is the backbone with ``p = 1`` for every image.
 * :class:`ClassifierGraph`: the two-model baseline's classifier, ``-> p_defective [B]``.
 * :class:`DetectorGraph`: ``(c2..c5, image_sizes) -> (boxes [B, M, 4], scores [B, M],

@@ -1,7 +1,7 @@
 """Model configurations: plain frozen dataclasses, validated on construction, JSON-able.
 
 The defaults are the original DefectNet / mmdetection 1.x ``cascade_rcnn_r50_fpn_1x``
-recipe (see ``DESIGN.md`` section 1). Every number the model uses is a field here, so a
+recipe (see ``docs/method.md``, "Recipe"). Every number the model uses is a field here, so a
 saved config describes the model completely.
 """
 
@@ -76,7 +76,7 @@ def _from_json(cls: type[_T], data: Mapping[str, Any]) -> _T:
 
 
 #: Named detector sizes; a preset fills ModelConfig fields (explicit fields override it).
-#: ``paper``: the original recipe (DESIGN.md section 1). ``compact``: the same architecture
+#: ``paper``: the original recipe (``docs/method.md``, "Recipe"). ``compact``: the same architecture
 #: scaled for CPU training on reduced-size images (e.g. synthetic fabric at 612x250): a
 #: narrower FPN and box head, anchors of scale 4 instead of 8 (sizes 16..256 on strides
 #: 4..64, since defects are ~4x smaller at 1/4 size), and fewer proposals and sampled RoIs.

@@ -1,6 +1,6 @@
 """Training configuration: the model variants of the seed's table and the recipe.
 
-The recipe defaults are the original's (DESIGN.md section 1): 12 epochs, SGD with lr
+The recipe defaults are the original's (``docs/method.md``, "Recipe"): 12 epochs, SGD with lr
 0.0025 for 2 images per batch (scaled linearly with the batch size), momentum 0.9, weight
 decay 1e-4, linear warm-up of 500 iterations from 1/3, LR steps x0.1 at epochs 8 and 11,
 gradient clipping at max-norm 35, train scale (1333, 800) keep-ratio, flip 0.5.

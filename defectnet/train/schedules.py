@@ -1,6 +1,6 @@
 """Training schedules: the gate-loss weight w(n) and the learning rate.
 
-Gate-loss weight (DESIGN.md section 1, "Loss balancing"). With ``w0 = init_weight``,
+Gate-loss weight (``docs/method.md``, "Loss balancing"). With ``w0 = init_weight``,
 ``k = scale_factor``, ``T = period``, ``a = base`` and ``n`` the **0-based epoch index**
 (constant within an epoch):
 

@@ -14,7 +14,7 @@ from defectnet.errors import ConfigError, DataError
 
 
 def test_rescale_size_follows_mmdetection_keep_ratio() -> None:
-    # fabric 2446x1000 -> 1333x545; bottle 658x492 -> 1070x800 (DESIGN.md section 2)
+    # fabric 2446x1000 -> 1333x545; bottle 658x492 -> 1070x800 (docs/method.md, "Metrics")
     assert rescale_size(1000, 2446) == (545, 1333)
     assert rescale_size(492, 658) == (800, 1070)
     assert rescale_size(3000, 4096) == (800, 1092)

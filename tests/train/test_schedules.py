@@ -1,4 +1,4 @@
-"""Gate-loss and LR schedules against DESIGN.md's formulas."""
+"""Gate-loss and LR schedules against docs/method.md, "Loss balancing"."""
 
 from __future__ import annotations
 
