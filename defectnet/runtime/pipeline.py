@@ -200,10 +200,10 @@ class Pipeline:
         evaluation times (the seed's ATT excludes decode and resize/pad).
         """
         threshold = self.gate_threshold if gate_threshold is None else float(gate_threshold)
-        return self._detect(images.to(torch.uint8) if images.is_floating_point() else images,
+        return self._gate_and_detect(images.to(torch.uint8) if images.is_floating_point() else images,
                             image_sizes, threshold, _Timer())
 
-    def _detect(self, images: Tensor, image_sizes: list[tuple[int, int]], threshold: float,
+    def _gate_and_detect(self, images: Tensor, image_sizes: list[tuple[int, int]], threshold: float,
                 timer: _Timer) -> list[Detections]:
         """Gate the batch, run the detector on the positive sub-batch only."""
         return self._detector_part(self._gate_part(images, image_sizes, threshold, timer), timer)

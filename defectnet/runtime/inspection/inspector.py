@@ -391,7 +391,7 @@ class Inspector:
             class_names=names, original_size=r.original_size, batch_size=r.batch_size,
             timings_ms=dict(r.timings_ms), suppressed=suppressed)
         if self.review is not None and frame.image is not None:
-            kind = self.review.config.kind(result.verdict, result.p_defective, self.pipeline.gate_threshold)
+            kind = self.review.config.save_reason(result.verdict, result.p_defective, self.pipeline.gate_threshold)
             if kind is not None:
                 result.review_image = self.review.offer(frame.image, self._stamp(frame, result).to_json(), kind,
                                                         frame.key)

@@ -53,7 +53,7 @@ class ReviewConfig:
             raise ConfigError(f"review max_images and queue_size must be >= 1, got {self.max_images}, "
                               f"{self.queue_size}")
 
-    def kind(self, verdict: str, p_defective: float | None, threshold: float) -> str | None:
+    def save_reason(self, verdict: str, p_defective: float | None, threshold: float) -> str | None:
         """'ng', 'borderline' or None (not saved)."""
         if verdict == "NG" and self.save_ng:
             return "ng"
