@@ -1,9 +1,11 @@
 """Decoding image files into uint8 RGB tensors, with one documented conversion rule.
 
 Rule: 8-bit RGB is used as is; grayscale (L, LA, P, 1) is replicated to RGB; RGBA drops
-alpha; CMYK/YCbCr are converted by Pillow; 16-bit and 32-bit integer or float grayscale
-(I;16, I, F) are scaled to 8 bits by their bit depth (16-bit: >> 8; 32-bit float must be in
-0..1 or 0..255). Anything Pillow cannot decode raises :class:`DataError` naming the file.
+alpha; CMYK/YCbCr are converted by Pillow; 16-bit and 32-bit integer grayscale (I;16, I) are
+scaled to 8 bits by their bit depth (16-bit: >> 8); 32-bit float grayscale (F) must lie in
+0..1 and is scaled by 255 (:func:`unit_float_to_uint8`, the rule for float arrays too): NaN,
+inf or a value outside 0..1 raises :class:`PixelValueError`. Anything Pillow cannot decode
+raises :class:`DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,31 @@ from defectnet.errors import DataError
 _EIGHT_BIT_MODES = {"RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"}
 
 
+class PixelValueError(DataError):
+    """Float pixels that break the 0..1 rule. kind: ``non_finite`` (NaN or inf) or
+    ``out_of_range`` (a value below 0 or above 1)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def unit_float_to_uint8(values: np.ndarray, source: str = "image") -> np.ndarray:
+    """Float pixels in 0..1 (any shape) -> uint8 of the same shape (``round(x * 255)``).
+
+    Raises :class:`PixelValueError` for NaN/inf or a value outside 0..1: a float image on
+    another scale (0..255, 0..65535, signed) is ambiguous, so it is refused rather than guessed.
+    """
+    f = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(f).all():
+        raise PixelValueError(f"{source}: float image contains NaN or inf; fix the source", "non_finite")
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        raise PixelValueError(f"{source}: float values span {lo:g}..{hi:g}; a float image must be in 0..1 "
+                              "(divide 0..255 data by 255, or send uint8)", "out_of_range")
+    return (f * 255.0 + 0.5).astype(np.uint8)
+
+
 def pil_to_rgb_array(img: Image.Image, source: str = "image") -> np.ndarray:
     """Convert a Pillow image to an ``[H, W, 3]`` uint8 RGB array by the module's rule."""
     if img.width <= 0 or img.height <= 0:
@@ -32,11 +59,7 @@ def pil_to_rgb_array(img: Image.Image, source: str = "image") -> np.ndarray:
         shift = 8 if arr.max(initial=0) <= 0xFFFF else 24
         gray = np.clip(arr >> shift, 0, 255).astype(np.uint8)
     elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise DataError(f"{source}: float image contains NaN or inf; fix the file")
-        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-        gray = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
+        gray = unit_float_to_uint8(np.asarray(img, dtype=np.float32), source)
     else:
         raise DataError(f"{source}: unsupported image mode {img.mode!r}; save it as 8-bit RGB or grayscale")
     return np.repeat(gray[:, :, None], 3, axis=2)

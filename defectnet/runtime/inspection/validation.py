@@ -6,13 +6,13 @@ Accepted inputs and how they are read:
 * a path (``str`` / ``os.PathLike``) or encoded bytes (``bytes``, ``bytearray``,
   ``memoryview``; bytes are always file *contents*, never a path): decoded by Pillow, converted by the rule of
   :mod:`defectnet.data.image_io` (8-bit RGB as is; grayscale replicated; RGBA/LA drop alpha;
-  CMYK/YCbCr/palette converted; 16-bit >> 8; 32-bit float in 0..1 scaled to 0..255). The
-  size in the header is checked *before* the pixels are decoded, so a decompression bomb
-  costs nothing.
+  CMYK/YCbCr/palette converted; 16-bit >> 8; 32-bit float must be in 0..1 and is scaled by
+  255). The size in the header is checked *before* the pixels are decoded, so a
+  decompression bomb costs nothing.
 * a numpy array, **HWC** (the PIL/OpenCV layout, RGB order): ``HxW``, ``HxWx1``, ``HxWx3``,
-  ``HxWx4``; dtype uint8, uint16 (>> 8) or float16/32/64 (0..1 scaled by 255, else taken as
-  0..255 -- the same rule as float image files, where max <= 1 means 0..1). One channel is
-  replicated, a 4th channel (alpha) is dropped.
+  ``HxWx4``; dtype uint8, uint16 (>> 8) or float16/32/64 in 0..1 (scaled by 255 -- the same
+  rule as float image files, :func:`defectnet.data.image_io.unit_float_to_uint8`). One
+  channel is replicated, a 4th channel (alpha) is dropped.
 * a torch tensor, **CHW** (the torch layout :class:`~defectnet.runtime.pipeline.Pipeline`
   takes): ``[H, W]`` or ``[C, H, W]`` with C in 1, 3, 4; the same dtypes as numpy.
 * a ``PIL.Image.Image``: converted by the image_io rule.
@@ -25,9 +25,9 @@ arrays of another rank [bad_shape], channel count [bad_channels] or dtype -- boo
 or 32/64-bit integers, complex [bad_dtype]; a zero-sized image [empty]; a side shorter than
 ``min_side`` [too_small]; more than ``max_pixels`` pixels or a side above ``max_side``
 [too_large]; a long/short side ratio above ``max_aspect_ratio`` [bad_aspect_ratio]; NaN or
-inf [non_finite]; float values below 0 or above 255 [out_of_range]. (Float image *files*
-follow image_io, which clips; float *arrays* are checked, since they come from code that
-can be fixed.)
+inf [non_finite]; float values below 0 or above 1 [out_of_range] (a 0..255 float image is
+refused, not guessed: divide it by 255 or send uint8). Float image files, arrays and
+tensors follow the same 0..1 rule.
 
 Reason codes for failures after validation: timeout (the frame's deadline passed before the
 gate under the ``skip`` deadline policy), backend_error (the backend raised on the frame),
@@ -48,7 +48,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from defectnet.data.image_io import pil_to_rgb_array
+from defectnet.data.image_io import PixelValueError, pil_to_rgb_array, unit_float_to_uint8
 from defectnet.errors import ConfigError, DataError
 
 
@@ -201,10 +201,10 @@ def _from_pil(img: Image.Image, limits: InputLimits, label: str) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(Reason.DECODE_ERROR, f"{label}: cannot decode ({e}); the file is corrupt or "
                                               "truncated") from None
-    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
-        raise InputError(Reason.NON_FINITE, f"{label}: float image contains NaN or inf; fix the source")
     try:
         return pil_to_rgb_array(img, label)
+    except PixelValueError as e:
+        raise InputError(Reason(e.kind), str(e)) from None
     except DataError as e:
         raise InputError(Reason.UNSUPPORTED_FORMAT, str(e)) from None
 
@@ -217,7 +217,7 @@ def _from_hwc_array(a: np.ndarray, limits: InputLimits, label: str) -> np.ndarra
     """HxW / HxWxC array of an accepted dtype -> HxWx3 uint8."""
     if a.dtype not in (np.uint8, np.uint16, *_FLOATS):
         raise InputError(Reason.BAD_DTYPE, f"{label}: dtype {a.dtype} is not an image bit depth; send uint8, "
-                                           "uint16 or float (0..1 or 0..255), e.g. array.astype(np.uint8)")
+                                           "uint16 or float in 0..1, e.g. array.astype(np.uint8)")
     if a.ndim not in (2, 3):
         raise InputError(Reason.BAD_SHAPE, f"{label}: a {a.ndim}-D array; an image is HxW or HxWxC (send a "
                                            "batch one frame at a time)")
@@ -230,15 +230,10 @@ def _from_hwc_array(a: np.ndarray, limits: InputLimits, label: str) -> np.ndarra
     if a.dtype == np.uint16:
         a8 = (a >> 8).astype(np.uint8)  # image_io's 16-bit rule
     elif a.dtype in _FLOATS:
-        f = a.astype(np.float32, copy=False)
-        if not np.isfinite(f).all():
-            raise InputError(Reason.NON_FINITE, f"{label}: array contains NaN or inf; fix the source")
-        lo, hi = float(f.min()), float(f.max())
-        if lo < 0.0 or hi > 255.0:
-            raise InputError(Reason.OUT_OF_RANGE, f"{label}: float values span {lo:g}..{hi:g}; a float image must "
-                                                  "be in 0..1 or 0..255")
-        scale = 255.0 if hi <= 1.0 else 1.0  # image_io's float rule
-        a8 = np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
+        try:
+            a8 = unit_float_to_uint8(a, label)  # image_io's float rule: 0..1
+        except PixelValueError as e:
+            raise InputError(Reason(e.kind), str(e)) from None
     else:
         a8 = a
     if a8.ndim == 2:
@@ -255,7 +250,7 @@ def _from_tensor(t: Tensor, limits: InputLimits, label: str) -> Tensor:
     if t.is_complex() or t.dtype == torch.bool or (not t.is_floating_point() and t.dtype != torch.uint8
                                                    and str(t.dtype) != "torch.uint16"):
         raise InputError(Reason.BAD_DTYPE, f"{label}: dtype {t.dtype} is not an image bit depth; send uint8, "
-                                           "uint16 or float (0..1 or 0..255)")
+                                           "uint16 or float in 0..1")
     if t.ndim == 2:
         t = t.unsqueeze(0)
     if t.ndim != 3:

@@ -36,7 +36,7 @@ def _png_with_header_size(width: int, height: int) -> bytes:
 
 
 def bad_inputs(root: Path) -> list[tuple[str, Any, str]]:
-    """(name, input, expected reason) for 27 kinds of bad input."""
+    """(name, input, expected reason) for 31 kinds of bad input."""
     rgb = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     png = _png_bytes(rgb)
     (root / "folder.png").mkdir()
@@ -70,6 +70,10 @@ def bad_inputs(root: Path) -> list[tuple[str, Any, str]]:
         ("NaN float", nan, Reason.NON_FINITE),
         ("inf float", inf, Reason.NON_FINITE),
         ("float -5..300", np.linspace(-5, 300, 40 * 40).reshape(40, 40).astype(np.float32), Reason.OUT_OF_RANGE),
+        ("float all 2.0", np.full((40, 40, 3), 2.0, np.float64), Reason.OUT_OF_RANGE),  # 0..1 only, not 0..255
+        ("float 0..255", np.linspace(0, 255, 40 * 40).reshape(40, 40).astype(np.float32), Reason.OUT_OF_RANGE),
+        ("float just below 0", np.full((40, 40), -1e-3, np.float32), Reason.OUT_OF_RANGE),
+        ("torch float 0..255", torch.full((3, 40, 40), 128.0), Reason.OUT_OF_RANGE),
         ("int64 array", np.zeros((40, 40, 3), np.int64), Reason.BAD_DTYPE),
         ("bool array", np.zeros((40, 40), bool), Reason.BAD_DTYPE),
         ("torch batch", torch.zeros(2, 3, 40, 40, dtype=torch.uint8), Reason.BAD_SHAPE),
@@ -98,9 +102,11 @@ def good_inputs(root: Path) -> list[tuple[str, Any, np.ndarray]]:
         ("RGBA array", rgba, rgb),
         ("uint16 array", g16, np.dstack([(g16 >> 8).astype(np.uint8)] * 3)),
         ("float 0..1", unit, rgb),
-        ("float 0..255", rgb.astype(np.float64), rgb),
+        ("float64 0..1", rgb.astype(np.float64) / 255, rgb),
+        ("float16 0 and 1", np.dstack([np.zeros((60, 80), np.float16), np.ones((60, 80), np.float16)] * 2)[:, :, :3],
+         np.dstack([np.zeros((60, 80), np.uint8), np.full((60, 80), 255, np.uint8), np.zeros((60, 80), np.uint8)])),
         ("torch CHW", torch.from_numpy(rgb).permute(2, 0, 1), rgb),
-        ("torch float gray", torch.from_numpy(gray.astype(np.float32)), np.dstack([gray] * 3)),
+        ("torch float gray", torch.from_numpy(gray.astype(np.float32) / 255), np.dstack([gray] * 3)),
         ("RGBA png", root / "rgba.png", rgb),
         ("16-bit png", root / "gray16.png", np.dstack([(g16 >> 8).astype(np.uint8)] * 3)),
         ("gray png", str(root / "gray.png"), np.dstack([gray] * 3)),
