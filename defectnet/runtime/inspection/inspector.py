@@ -132,11 +132,16 @@ class Inspector:
         self.post_filter = post_filter or PostFilter()
         self.post_filter.check(pipeline.class_names)
         self.limits = limits or InputLimits()
-        self.metrics = InspectorMetrics(metrics_window)
+        self.metrics = InspectorMetrics(metrics_window, reasons=[r.value for r in Reason])
+        self.metrics.gauge("in_flight", "Frames inside the inspector (submitted, not yet delivered).",
+                           lambda: self._in_flight)
+        self.metrics.gauge("queued_frames", "Frames waiting for the gate thread.", lambda: self._inbox.qsize())
+        self.metrics.gauge("gate_threshold", "P(defective) at or above which the detector runs.",
+                           lambda: self.pipeline.gate_threshold)
         self.on_result = on_result
         self.keep_results = on_result is None if keep_results is None else bool(keep_results)
         self.review = ReviewWriter(review, self.metrics) if review is not None else None
-        self.registry = _registry(self)
+        self.registry = self.metrics.registry  # this inspector's series only
         self._servers: list[MetricsServer] = []
 
         self._slots = threading.Semaphore(self.max_in_flight)
@@ -248,11 +253,10 @@ class Inspector:
             yield item
 
     def metrics_text(self) -> str:
-        """Counters, gauges and latency histograms in the Prometheus text format
+        """Counters, gauges and latency histograms in the Prometheus text format:
+        ``prometheus_client.generate_latest`` of :attr:`registry`
         (:mod:`defectnet.runtime.inspection.metrics` lists the series)."""
-        gauges = {"in_flight": self._in_flight, "queued_frames": self._inbox.qsize(),
-                  "gate_threshold": self.pipeline.gate_threshold}
-        return self.metrics.prometheus_text(gauges, reasons=[r.value for r in Reason])
+        return self.metrics.text()
 
     def serve_metrics(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """Serve this inspector's metrics at ``http://host:port/metrics`` (a daemon thread).
@@ -453,21 +457,6 @@ class Inspector:
             with self._lock:
                 self._in_flight -= 1
             self._slots.release()
-
-
-def _registry(inspector: Inspector) -> Any:
-    """A prometheus_client registry of this inspector's series only."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.parser import text_string_to_metric_families
-    from prometheus_client.registry import Collector
-
-    class _Bridge(Collector):
-        def collect(self) -> Iterator[Any]:
-            yield from text_string_to_metric_families(inspector.metrics_text())
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Bridge())
-    return registry
 
 
 def _check_deadline(deadline_ms: float | None) -> None:

@@ -3,7 +3,7 @@ thread safety. Most tests use a fast fake backend; the engine-backed ones use ``
 
 from __future__ import annotations
 
-import re
+import math
 import threading
 import time
 from pathlib import Path
@@ -191,7 +191,7 @@ def test_deadlines_are_reported_and_counted() -> None:
     assert len(records) == 3 and all(r.deadline_missed and r.verdict == "NG" for r in records)
     assert all(r.latency_ms > 1 and r.deadline_ms == 1 for r in records)
     assert insp.stats()["deadline_misses"] == 3
-    assert "defectnet_inspector_deadline_misses_total 3" in insp.metrics_text()
+    assert metric_samples(insp.metrics_text())["defectnet_inspector_deadline_misses_total"] == 3
 
     # policy 'skip': frames already late when their batch forms get a timeout record instead
     with Inspector(fake_pipeline(gate_sleep=0.1), batch_size=1, max_wait_ms=0, deadline_policy="skip") as insp:
@@ -221,35 +221,95 @@ def test_post_filter_class_thresholds_and_min_area() -> None:
     assert strict.stats()["detections_suppressed"] == 1
 
 
-_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
-                     r"(-?[0-9.e+-]+|NaN|\+Inf|-Inf)$")
+def metric_families(text: str) -> dict[str, Any]:
+    """Family name -> parsed family (prometheus_client's own parser: the text must parse)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """``name{label="v",...}`` (labels sorted) -> value of every sample in ``text``."""
+    out = {}
+    for family in metric_families(text).values():
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
 
 
 def test_metrics_text_is_prometheus_exposition_format() -> None:
-    with Inspector(fake_pipeline(), batch_size=2) as insp:
+    from defectnet.runtime.inspection.validation import Reason
+
+    with Inspector(fake_pipeline(), batch_size=2, max_wait_ms=200) as insp:
         for r in (200, 10, 230):
             insp.submit(frame(r))
         insp.submit(np.full((20, 20), np.nan, np.float32))
     list(insp.results())
     text = insp.metrics_text()
-    families = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE"):
-            _, _, name, kind = line.split()
-            families[name] = kind
-        elif not line.startswith("# HELP"):
-            assert _SAMPLE.match(line), line
-    assert families["defectnet_inspector_latency_seconds"] == "histogram"
-    assert families["defectnet_inspector_latency_recent_seconds"] == "summary"
-    assert 'defectnet_inspector_results_total{verdict="NG"} 2' in text
-    assert 'defectnet_inspector_errors_total{reason="non_finite"} 1' in text
-    assert 'defectnet_inspector_errors_total{reason="decode_error"} 0' in text
-    assert "defectnet_inspector_gate_pass_rate 0.6666666666666666" in text
-    assert 'defectnet_inspector_latency_seconds_bucket{le="+Inf"} 4' in text
-    assert 'defectnet_inspector_latency_recent_seconds{quantile="0.99"}' in text
-    assert 'defectnet_inspector_stage_seconds_count{stage="gate"}' in text
+    p = "defectnet_inspector_"
+    families = metric_families(text)
+    assert all(name.startswith(p) for name in families)
+    created = {name for name in families if name.endswith("_created")}  # prometheus_client's default
+    assert all(families[name].type == "gauge" for name in created) and len(created) == 13
+    kinds = {name.removeprefix(p): f.type for name, f in families.items() if name not in created}
+    assert kinds == {
+        "frames_submitted": "counter", "results": "counter", "errors": "counter", "deadline_misses": "counter",
+        "gate_images": "counter", "gate_passed": "counter", "gate_pass_rate": "gauge",
+        "detections_suppressed": "counter", "batch_size": "histogram", "latency_seconds": "histogram",
+        "latency_recent_seconds": "summary", "stage_seconds": "histogram", "review_images": "counter",
+        "review_dropped": "counter", "callback_errors": "counter", "in_flight": "gauge", "queued_frames": "gauge",
+        "gate_threshold": "gauge"}
+    v = metric_samples(text)
+    assert v[p + "frames_submitted_total"] == 4
+    assert [v[f'{p}results_total{{verdict="{k}"}}'] for k in ("OK", "NG", "ERROR")] == [1, 2, 1]
+    errors = {k: n for k, n in v.items() if k.startswith(p + "errors_total")}
+    assert errors == {f'{p}errors_total{{reason="{r.value}"}}': float(r == Reason.NON_FINITE) for r in Reason}
+    assert v[p + "gate_images_total"] == 3 and v[p + "gate_passed_total"] == 2
+    assert v[p + "gate_pass_rate"] == pytest.approx(2 / 3)
+    # 3 valid frames, submitted at once with 200 ms to fill a batch of 2: batches of 2 and 1
+    assert v[p + "batch_size_count"] == 2 and v[p + "batch_size_sum"] == 3
+    assert v[p + 'batch_size_bucket{le="1.0"}'] == 1 and v[p + 'batch_size_bucket{le="2.0"}'] == 2
+    assert v[p + 'latency_seconds_bucket{le="+Inf"}'] == 4 and v[p + "latency_seconds_count"] == 4
+    assert v[p + "latency_recent_seconds_count"] == 4
+    assert v[p + "latency_recent_seconds_sum"] == pytest.approx(v[p + "latency_seconds_sum"])
+    q50, q99 = v[p + 'latency_recent_seconds{quantile="0.5"}'], v[p + 'latency_recent_seconds{quantile="0.99"}']
+    assert 0 < q50 <= q99 <= v[p + "latency_seconds_sum"]
+    assert v[p + 'stage_seconds_count{stage="gate"}'] == 2
+    assert v[p + "deadline_misses_total"] == v[p + "detections_suppressed_total"] == 0
+    assert v[p + 'review_images_total{kind="ng"}'] == v[p + 'review_images_total{kind="borderline"}'] == 0
+    assert v[p + "in_flight"] == v[p + "queued_frames"] == 0 and v[p + "gate_threshold"] == 0.5
     stats = insp.stats()
-    assert stats["p50_ms"] is not None and stats["p99_ms"] >= stats["p50_ms"]
+    assert stats["p50_ms"] == pytest.approx(q50 * 1e3) and stats["p99_ms"] == pytest.approx(q99 * 1e3)
+    assert stats["batches"] == 2 and stats["mean_batch_size"] == 1.5 and stats["errors_by_reason"] == {
+        "non_finite": 1}
+
+
+def test_a_fresh_inspector_exports_zeros_and_nan_rates() -> None:
+    with Inspector(fake_pipeline()) as insp:
+        v = metric_samples(insp.metrics_text())
+        stats = insp.stats()
+    p = "defectnet_inspector_"
+    assert math.isnan(v[p + "gate_pass_rate"]) and math.isnan(v[p + 'latency_recent_seconds{quantile="0.5"}'])
+    assert v[p + 'results_total{verdict="OK"}'] == v[p + "latency_recent_seconds_count"] == 0
+    assert stats["gate_pass_rate"] is None and stats["p50_ms"] is None and stats["results"] == 0
+
+
+def test_two_inspectors_do_not_mix_their_series() -> None:
+    with Inspector(fake_pipeline()) as a, Inspector(fake_pipeline(threshold=0.9)) as b:
+        for r in (250, 240, 10):
+            a.inspect(frame(r))
+        b.inspect(frame(10))
+        va, vb = metric_samples(a.metrics_text()), metric_samples(b.metrics_text())
+    p = "defectnet_inspector_"
+    assert va[p + "frames_submitted_total"] == 3 and vb[p + "frames_submitted_total"] == 1
+    assert va[p + 'results_total{verdict="NG"}'] == 2 and vb[p + 'results_total{verdict="NG"}'] == 0
+    assert va[p + "gate_threshold"] == 0.5 and vb[p + "gate_threshold"] == 0.9
+    assert a.registry is not b.registry
+    # nothing went to prometheus_client's process-wide default registry
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value(p + "frames_submitted_total") is None
 
 
 def test_review_saves_ng_and_borderline_frames_bounded(tmp_path: Path) -> None:
@@ -270,7 +330,7 @@ def test_review_saves_ng_and_borderline_frames_bounded(tmp_path: Path) -> None:
     assert [p.name.split("_", 2)[2] for p in pngs] == ["ng_ng2.png", "borderline_border.png", "ng_ng3.png"]
     for p in pngs:
         assert Image.open(p).size == (64, 48) and p.with_suffix(".json").is_file()
-    assert 'defectnet_inspector_review_images_total{kind="ng"} 3' in insp.metrics_text()
+    assert metric_samples(insp.metrics_text())['defectnet_inspector_review_images_total{kind="ng"}'] == 3
 
 
 def test_bad_options_are_config_errors() -> None:
@@ -320,17 +380,16 @@ def test_serve_metrics_answers_on_loopback_and_stops() -> None:
     import urllib.error
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     insp = Inspector(fake_pipeline())
     insp.inspect(frame(200))
     server = insp.serve_metrics(0)  # 0: any free port; 127.0.0.1 by default
     assert server.host == "127.0.0.1" and server.port > 0 and server.running
     with urllib.request.urlopen(server.url, timeout=10) as response:
         text = response.read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
-    assert samples[("defectnet_inspector_results_total", (("verdict", "NG"),))] == 1
+    assert metric_samples(text)['defectnet_inspector_results_total{verdict="NG"}'] == 1
+    assert text == insp.metrics_text()  # the same registry (nothing changed in between)
+    with pytest.raises(ConfigError, match="choose a free port"):
+        insp.serve_metrics(server.port)  # taken
     stopped = insp.serve_metrics(0)
     stopped.shutdown()
     stopped.shutdown()  # idempotent
