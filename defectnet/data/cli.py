@@ -15,7 +15,7 @@ from defectnet.data.coco import load_split
 from defectnet.data.contact_sheet import write_contact_sheet
 from defectnet.data.stats import format_statistics, split_statistics
 from defectnet.data.synthetic import KINDS, SynthParams, generate, parse_size
-from defectnet.data.synthetic.common import file_name
+from defectnet.data.synthetic.common import DEFAULT_BENIGN_RATE, file_name
 from defectnet.errors import ConfigError, DefectNetError
 
 if TYPE_CHECKING:
@@ -62,11 +62,16 @@ def _clear_stale(out: Path, kind: str, n: int) -> int:
               help="Image size WxH [default: fabric 612x250 (real 2446x1000 / 4), bottle 658x492].")
 @click.option("--test-share", type=float, default=0.2, show_default=True,
               help="Share of images in the test split (random by image).")
+@click.option("--benign-rate", type=float, default=DEFAULT_BENIGN_RATE, show_default=True,
+              help="Scale of the mean number of benign, unannotated irregularities per image (slubs, lint, "
+                   "dust, dye bands, ... on fabric; glare, dust, print variation on bottles; see docs/data.md); "
+                   "0 turns them off.")
 @click.option("--overwrite", is_flag=True,
               help="Allow writing into a folder that already holds annotations (stale images are removed).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
 def synth_main(kind: str, out: Path, images: int, normal_share: float | None, seed: int,
-               size: tuple[int, int] | None, test_share: float, overwrite: bool, quiet: bool) -> None:
+               size: tuple[int, int] | None, test_share: float, benign_rate: float, overwrite: bool,
+               quiet: bool) -> None:
     """Generate a deterministic synthetic KIND (fabric or bottle) defect data set in COCO format.
 
     The same arguments always give byte-identical images and annotation files.
@@ -75,7 +80,8 @@ def synth_main(kind: str, out: Path, images: int, normal_share: float | None, se
     try:
         params = SynthParams(kind=kind, images=images,
                              normal_share=spec.default_normal_share if normal_share is None else normal_share,
-                             seed=seed, size=spec.default_size if size is None else size, test_share=test_share)
+                             seed=seed, size=spec.default_size if size is None else size, test_share=test_share,
+                             benign_rate=benign_rate)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
     if (out / "annotations").exists() and any((out / "annotations").glob("*.json")) and not overwrite:

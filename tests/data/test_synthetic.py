@@ -15,10 +15,22 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from defectnet.data.cli import synth_main
-from defectnet.data.synthetic import KINDS, SynthParams, generate, image_rng, normal_flags, parse_size
+from defectnet.data.synthetic import (
+    GENERATOR_VERSION,
+    KINDS,
+    SynthParams,
+    fabric,
+    fabric_benign,
+    generate,
+    image_rng,
+    normal_flags,
+    parse_size,
+)
 from defectnet.errors import ConfigError
 
 SMALL = {"fabric": "306x125", "bottle": "220x164"}
+#: 16x16 block means and boxes of generator version 1 renders (seed 7, indices 0-2, both kinds).
+V1_GOLDEN = Path(__file__).with_name("synthetic_v1_golden.json")
 
 
 def _synth(out: Path, *args: str) -> str:
@@ -80,6 +92,9 @@ def test_pycocotools_loads_and_fields(big_run: tuple[str, Path]) -> None:
         assert params["kind"] == kind and params["seed"] == 3 and params["images"] == 200
         assert params["classes"] == list(spec.classes) and params["size"] == list(parse_size(SMALL[kind]))
         assert data["info"]["generator"] and data["info"]["version"]
+        assert data["info"]["generator_version"] == GENERATOR_VERSION == "2"
+        assert params["benign_rate"] == 1.0
+        assert params["benign_means"] == dict(spec.benign_means) and min(params["benign_means"].values()) > 0
         ids += coco.getImgIds()
         ann_ids += coco.getAnnIds()
         for im in data["images"]:
@@ -125,13 +140,15 @@ def test_images_are_jpeg_of_the_right_size(big_run: tuple[str, Path]) -> None:
         assert im.format == "JPEG" and im.size == parse_size(SMALL[kind]) and im.mode == "RGB"
 
 
-def test_fabric_boxes_contain_every_painted_pixel() -> None:
-    """Normal and defective renders of one index share the background, so the pixels that
-    differ are the painted ones: they must lie inside the boxes, which must touch them."""
+@pytest.mark.parametrize("benign_rate", [0.0, 1.0, 3.0])
+def test_fabric_boxes_contain_every_painted_pixel(benign_rate: float) -> None:
+    """Normal and defective renders of one index share the background, benign irregularities
+    included, so the pixels that differ are the painted defects: they must lie inside the
+    boxes, which must touch them."""
     size = parse_size(SMALL["fabric"])
     for index in range(12):
-        clean, none = KINDS["fabric"].render(image_rng(2, index), size, False)
-        dirty, defects = KINDS["fabric"].render(image_rng(2, index), size, True)
+        clean, none = KINDS["fabric"].render(image_rng(2, index), size, False, benign_rate)
+        dirty, defects = KINDS["fabric"].render(image_rng(2, index), size, True, benign_rate)
         assert not none and defects
         changed = np.abs(dirty.astype(int) - clean.astype(int)).max(axis=2) > 0
         inside = np.zeros_like(changed)
@@ -148,7 +165,90 @@ def test_normal_images_do_not_repeat() -> None:
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 2.0
 
 
+def _blocks(img: np.ndarray, k: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    g = img[: h // k * k, : w // k * k].astype(np.float64).mean(axis=2)
+    out: np.ndarray = g.reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+    return out
+
+
+def test_benign_rate_zero_reproduces_version_1() -> None:
+    """benign_rate 0 gives version 1's images and boxes (the benign stream is a child of the
+    image stream, so it shifts no other draw). Compared by block means within 0.05 grey
+    levels rather than bytes, so float rounding on another CPU cannot fail it."""
+    golden = json.loads(V1_GOLDEN.read_text())
+    k = golden["block"]
+    for e in golden["images"]:
+        img, defects = KINDS[e["kind"]].render(image_rng(golden["seed"], e["index"]), tuple(e["size"]),
+                                               e["defective"], 0.0)
+        where = f'{e["kind"]} index {e["index"]} defective={e["defective"]}'
+        assert np.abs(_blocks(img, k) - np.array(e["blocks"])).max() < 0.05, where
+        assert [[d.category, *d.bbox] for d in defects] == e["boxes"], where  # whole pixels
+        if not e["defective"]:  # and with the default rate the same image gets irregularities
+            dirty, _ = KINDS[e["kind"]].render(image_rng(golden["seed"], e["index"]), tuple(e["size"]), False, 3.0)
+            assert np.abs(_blocks(dirty, k) - np.array(e["blocks"])).max() > 0.05, where
+
+
+@pytest.mark.parametrize("kind, max_p999", [("fabric", 40.0), ("bottle", 90.0)])
+def test_benign_irregularities_change_normal_images_locally(kind: str, max_p999: float) -> None:
+    """With the default rate most normal images differ from their benign_rate-0 render, in a
+    bounded part of the image and with bounded contrast (lower than the defects')."""
+    size = parse_size(SMALL[kind])
+    changed, fractions = 0, []
+    for index in range(20):
+        clean, _ = KINDS[kind].render(image_rng(4, index), size, False, 0.0)
+        benign, none = KINDS[kind].render(image_rng(4, index), size, False)
+        assert not none
+        d = np.abs(benign.astype(int) - clean.astype(int)).max(axis=2)
+        changed += bool(d.any())
+        fractions.append(float((d > 0).mean()))
+        assert np.percentile(d, 99.9) <= max_p999, (index, np.percentile(d, 99.9))
+    assert changed >= 14, changed
+    assert float(np.median(fractions)) < 0.3, fractions
+
+
+def test_benign_counts_follow_the_rate() -> None:
+    """paint_benign draws Poisson counts with means MEANS * rate (selvedges at most one)."""
+    w, h = parse_size(SMALL["fabric"])
+    weave = fabric_benign.Weave(0.7, 4.0, 0.08)
+    base = np.array([110.0, 120.0, 135.0], np.float32)
+    for rate in (0.0, 2.0):
+        totals = dict.fromkeys(fabric_benign.PAINTERS, 0)
+        for i in range(150):
+            img = np.full((h, w, 3), 120.0, np.float32)
+            counts = fabric_benign.paint_benign(np.random.default_rng([1, i]), img, base, fabric._scale(w, h), weave,
+                                                rate)
+            assert counts["selvedge"] <= 1
+            assert (img != 120.0).any() == (sum(counts.values()) > 0)
+            for name, n in counts.items():
+                totals[name] += n
+        for name, mean in fabric_benign.MEANS:
+            if name != "selvedge":
+                expect = 150 * mean * rate
+                assert abs(totals[name] - expect) <= 4 * np.sqrt(expect) + 1e-9, (name, totals[name], expect)
+
+
+def test_benign_irregularities_are_never_annotated(tmp_path: Path) -> None:
+    """The same arguments with benign_rate 0 and 2 give the same annotations (benign marks add
+    no box and move none) but different images; normal images stay without annotations."""
+    for kind in KINDS:
+        args = [kind, "--images", "10", "--seed", "6", "--size", SMALL[kind], "--normal-share", "0.5"]
+        _synth(tmp_path / f"{kind}0", *args, "--benign-rate", "0")
+        _synth(tmp_path / f"{kind}2", *args, "--benign-rate", "2")
+        differ = 0
+        for split in ("train", "test"):
+            a, b = _load(tmp_path / f"{kind}0", split), _load(tmp_path / f"{kind}2", split)
+            assert a["info"]["parameters"]["benign_rate"] == 0.0 and b["info"]["parameters"]["benign_rate"] == 2.0
+            assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
+            for im in b["images"]:
+                rel = Path("images") / im["file_name"]
+                differ += (tmp_path / f"{kind}0" / rel).read_bytes() != (tmp_path / f"{kind}2" / rel).read_bytes()
+        assert differ >= 7, (kind, differ)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--benign-rate", "-0.5"], "benign_rate"),
+    (["--benign-rate", "6"], "benign_rate"),
     (["--normal-share", "1.5"], "normal_share"),
     (["--normal-share", "-0.1"], "normal_share"),
     (["--test-share", "2"], "test_share"),

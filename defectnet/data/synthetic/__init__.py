@@ -9,7 +9,9 @@ Library use::
     params = SynthParams("fabric", images=100, normal_share=0.44, seed=0, size=(612, 250))
     summary = generate(params, KINDS["fabric"], "data/fabric")
 
-or render one image in memory: ``KINDS["bottle"].render(image_rng(seed, index), (w, h), True)``.
+or render one image in memory: ``KINDS["bottle"].render(image_rng(seed, index), (w, h), True)``
+(a fourth argument ``benign_rate``, default 1, scales the benign, unannotated irregularities of
+real material: slubs, lint, dye bands, ... on fabric, glare and dust on bottles; docs/data.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ plastic cap on a dark background: rim, embossed ring, printed emblem) or a *labe
 from the side (a cylindrical bottle with a printed label band and a dot-matrix ink-jet
 code on the glass above it). Every label image carries a code; only abnormal codes are
 annotated. Classes follow the real set (its "code normal" and "cap twist" are left out).
+Benign, unannotated variation (glare, dust, print bands) comes from :mod:`bottle_benign`.
 Sizes scale with the scene (``m = min(W, H)``), with a 4-6 px floor for the smallest.
 """
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defectnet.data.synthetic import inkjet, paint
-from defectnet.data.synthetic.common import BBox, Defect, KindSpec, retry
+from defectnet.data.synthetic import bottle_benign, inkjet, paint
+from defectnet.data.synthetic.common import DEFAULT_BENIGN_RATE, BBox, Defect, KindSpec, benign_rng, retry
 
 DEFAULT_SIZE = (658, 492)
 CLASSES: tuple[str, ...] = (
@@ -40,13 +41,15 @@ class _Scene:
     """What the overlay defects need. img: float32 ``[H, W, 3]`` being painted; on: float32
     ``[H, W]`` where they may paint (cap or label); anchor: bool ``[H, W]`` where they may
     be centred (cap rim / label interior); colour: the surface colour ``[3]``; centre:
-    ``(y, x)`` of the cap."""
+    ``(y, x)`` of the cap; body: float32 ``[H, W]`` the whole object (cap, or bottle with its
+    label: where a reflection may fall), None = ``on``."""
 
     img: np.ndarray
     on: np.ndarray
     anchor: np.ndarray
     colour: np.ndarray
     centre: tuple[float, float] = (0.0, 0.0)
+    body: np.ndarray | None = None
 
 
 def _background(rng: np.random.Generator, w: int, h: int, lo: float, hi: float) -> np.ndarray:
@@ -170,7 +173,9 @@ def _label_scene(rng: np.random.Generator, w: int, h: int, skew: float) -> tuple
     label[r0:r1, c0:c1] = lab * body[r0:r1]
     strict = np.zeros((h, w), dtype=bool)
     strict[r0:r1, c0:c1] = (lab >= 1.0) & (np.abs(qw) < 0.8)
-    return _Scene(img, label, strict, paper), label, glass
+    whole = np.zeros((h, w), dtype=np.float32)
+    whole[:, c0:c1] = body
+    return _Scene(img, label, strict, paper, body=whole), label, glass
 
 
 def _put(rng: np.random.Generator, sc: _Scene, alpha: np.ndarray, *extras: np.ndarray,
@@ -283,8 +288,11 @@ def _bump(kind: int, rng: np.random.Generator, m: int) -> tuple[Callable[[np.nda
     return f, a0, half
 
 
-def render(rng: np.random.Generator, size: tuple[int, int], defective: bool) -> tuple[np.ndarray, list[Defect]]:
-    """Render one bottle image: uint8 ``[H, W, 3]`` RGB and its defects (none if normal)."""
+def render(rng: np.random.Generator, size: tuple[int, int], defective: bool,
+           benign_rate: float = DEFAULT_BENIGN_RATE) -> tuple[np.ndarray, list[Defect]]:
+    """Render one bottle image: uint8 ``[H, W, 3]`` RGB and its defects (none if normal).
+    Benign variation (``benign_rate`` x :data:`bottle_benign.MEANS` per image: print bands,
+    glare, dust) is painted on both kinds and never annotated."""
     w, h = size
     m = min(w, h)
     cap_view = bool(rng.random() < 0.5)
@@ -309,6 +317,9 @@ def render(rng: np.random.Generator, size: tuple[int, int], defective: bool) -> 
         if 7 in classes:
             defects.append(Defect(8, bbox))
         painters = {5: _label_wrinkle, 6: _label_bubble}
+    if benign_rate > 0.0:  # before the overlay defects, from a child stream: rng's draws are unchanged
+        bottle_benign.paint_benign(benign_rng(rng), scene.img, scene.on,
+                                   scene.on if scene.body is None else scene.body, m, benign_rate)
     for c in classes:
         if c in painters:
             defects.append(Defect(c + 1, retry(painters[c], rng, scene, m)))
@@ -318,4 +329,4 @@ def render(rng: np.random.Generator, size: tuple[int, int], defective: bool) -> 
 
 
 SPEC = KindSpec(name="bottle", classes=CLASSES, default_size=DEFAULT_SIZE, default_normal_share=0.25,
-                render=render)
+                render=render, benign_means=bottle_benign.MEANS)

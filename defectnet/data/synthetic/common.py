@@ -6,6 +6,8 @@ Determinism contract: image ``index`` (0-based; COCO id ``index + 1``, file
 normal/defective flag only, so the pixels of image ``i`` do not depend on the number of
 images ``N`` (the flag does: exactly ``round(N * normal_share)`` images are normal, chosen by
 a seeded shuffle). The same arguments give byte-identical images and annotation files.
+Benign (unannotated) irregularities are drawn from a child stream of the image's generator
+(:func:`benign_rng`), so they never shift the draws of the background or the defects.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -27,8 +29,12 @@ from defectnet.errors import ConfigError, DataError
 from defectnet.io import atomic_write_json
 
 GENERATOR_NAME = "defectnet.data.synthetic"
-#: Bump when the pixels or boxes produced for the same arguments change.
-GENERATOR_VERSION = "1"
+#: Bump when the pixels or boxes produced for the same arguments change (history: docs/data.md).
+GENERATOR_VERSION = "2"
+#: Default ``benign_rate``: 1.0 draws each kind's documented mean number of benign irregularities.
+DEFAULT_BENIGN_RATE = 1.0
+#: Largest accepted ``benign_rate`` (5x the documented means already crowds a 612x250 image).
+MAX_BENIGN_RATE = 5.0
 JPEG_QUALITY = 95
 KIND_NAMES: tuple[str, ...] = ("fabric", "bottle")
 MIN_SIZE: tuple[int, int] = (96, 64)
@@ -49,8 +55,27 @@ class Defect:
     bbox: BBox
 
 
-#: ``render(rng, (width, height), defective) -> (uint8 [H, W, 3] RGB image, defects)``.
-RenderFn = Callable[[np.random.Generator, tuple[int, int], bool], tuple[np.ndarray, list[Defect]]]
+class RenderFn(Protocol):
+    """``render(rng, (width, height), defective, benign_rate) -> (uint8 [H, W, 3] RGB, defects)``.
+
+    ``benign_rate`` scales the expected number of benign, unannotated irregularities (0 = none).
+    """
+
+    def __call__(self, rng: np.random.Generator, size: tuple[int, int], defective: bool,
+                 benign_rate: float = DEFAULT_BENIGN_RATE) -> tuple[np.ndarray, list[Defect]]: ...
+
+
+def benign_rng(rng: np.random.Generator) -> np.random.Generator:
+    """The stream for an image's benign irregularities: a child of ``rng``'s seed sequence
+    (``Generator.spawn``), which leaves ``rng``'s own state untouched. So the background and
+    defect draws are the same whatever ``benign_rate`` is, and the normal and defective
+    renders of one index get the same benign irregularities. Call it once per image ``rng``
+    (each call spawns the next child)."""
+    try:
+        return rng.spawn(1)[0]
+    except TypeError as err:  # a Generator built from a bare bit-generator state has no seed sequence
+        raise ConfigError("the image generator has no seed sequence to spawn the benign stream from; create it "
+                          "with image_rng(seed, index) or np.random.default_rng(seed)") from err
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,8 @@ class KindSpec:
     default_size: tuple[int, int]
     default_normal_share: float
     render: RenderFn
+    #: Mean number per image of each benign (unannotated) irregularity at ``benign_rate`` 1.
+    benign_means: tuple[tuple[str, float], ...] = ()
 
 
 def retry(paint_fn: Callable[..., BBox], *args: Any, tries: int = 10) -> BBox:
@@ -102,6 +129,7 @@ class SynthParams:
     seed: int
     size: tuple[int, int]
     test_share: float = 0.2
+    benign_rate: float = DEFAULT_BENIGN_RATE
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_NAMES:
@@ -113,6 +141,11 @@ class SynthParams:
             if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{name} ({flag}) must be a fraction in [0, 1] (e.g. 0.44), got {v!r}")
+        b = self.benign_rate
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) \
+                or not 0.0 <= b <= MAX_BENIGN_RATE:
+            raise ConfigError(f"benign_rate (--benign-rate) must be in [0, {MAX_BENIGN_RATE:g}] (1 = the documented "
+                              f"means, 0 = no benign irregularities), got {b!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         w, h = self.size
@@ -218,6 +251,7 @@ def coco_dict(params: SynthParams, spec: KindSpec, records: list[ImageRecord], s
             "kind": params.kind, "seed": params.seed, "size": [params.size[0], params.size[1]],
             "images": params.images, "normal_share": params.normal_share, "test_share": params.test_share,
             "classes": list(spec.classes), "jpeg_quality": JPEG_QUALITY,
+            "benign_rate": params.benign_rate, "benign_means": dict(spec.benign_means),
         },
     }
     return {"info": info, "images": images, "annotations": annotations, "categories": categories,
@@ -250,7 +284,8 @@ def generate(params: SynthParams, spec: KindSpec, out: str | Path, *,
     is_test = split_is_test(params)
     records: list[ImageRecord] = []
     for index in range(params.images):
-        rgb, defects = spec.render(image_rng(params.seed, index), params.size, not bool(normal[index]))
+        rgb, defects = spec.render(image_rng(params.seed, index), params.size, not bool(normal[index]),
+                                   params.benign_rate)
         if rgb.shape != (params.size[1], params.size[0], 3) or rgb.dtype != np.uint8:
             raise DataError(f"generator bug: image index {index} has shape {rgb.shape} {rgb.dtype}")
         _check_defects(defects, params.size, len(spec.classes), index)

@@ -6,7 +6,8 @@ the width and height ratios to 2446x1000), with floors in output pixels so that 
 defects stay learnable at reduced sizes (tiny spots 6-10 px, no box side under ~4 px).
 Box shapes follow the real set: tiny knots, hair-thin threads spanning much of the image
 (vertical warp / horizontal weft), broken-yarn streaks with aspect ratios 1:28..28:1,
-holes, stains and creases.
+holes, stains and creases. Benign, unannotated irregularities of real cloth (slubs, lint,
+dust, dye bands, selvedges, weave-density changes) come from :mod:`fabric_benign`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from defectnet.data.synthetic import paint
-from defectnet.data.synthetic.common import BBox, Defect, KindSpec, retry
+from defectnet.data.synthetic import fabric_benign, paint
+from defectnet.data.synthetic.common import DEFAULT_BENIGN_RATE, BBox, Defect, KindSpec, benign_rng, retry
+from defectnet.data.synthetic.fabric_benign import Weave
 
 FULL_SIZE = (2446, 1000)
 DEFAULT_SIZE = (612, 250)
@@ -37,13 +39,16 @@ def _scale(w: int, h: int) -> float:
     return float(np.sqrt((w / FULL_SIZE[0]) * (h / FULL_SIZE[1])))
 
 
-def texture(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+def texture(rng: np.random.Generator, w: int, h: int, benign_rate: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A normal twill image: float32 ``[h, w, 3]`` (0..255) and its base colour ``[3]``.
 
     Diagonal twill ribs (random angle 30-60 deg either way, random period) over a faint warp/
     weft grid, per-yarn thickness noise along rows and columns, low-frequency mottling, an
     illumination gradient with vignetting, and sensor noise. Every draw has a fixed count,
     so a defective image shares its background with the normal image of the same index.
+    With ``benign_rate > 0`` benign irregularities (:func:`fabric_benign.paint_benign`) are
+    painted before the sensor noise from the child stream :func:`benign_rng` of ``rng``, so
+    they are shared too and leave ``rng``'s draws unchanged; call it once per ``rng``.
     """
     s = _scale(w, h)
     ys, xs = paint.axes(h, w)
@@ -51,7 +56,8 @@ def texture(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.nd
     period = max(rng.uniform(12.0, 26.0) * s, 2.7)
     grid_period = period * rng.uniform(0.55, 0.8)
     u = xs * np.float32(np.cos(theta)) + ys * np.float32(np.sin(theta))
-    lum = rng.uniform(0.04, 0.11) * np.sin(u * np.float32(2 * np.pi / period))
+    rib = rng.uniform(0.04, 0.11)
+    lum = rib * np.sin(u * np.float32(2 * np.pi / period))
     lum += rng.uniform(0.01, 0.04) * (np.sin(xs * np.float32(2 * np.pi / grid_period))
                                        * np.sin(ys * np.float32(2 * np.pi / grid_period)))
     lum += rng.uniform(0.008, 0.025) * paint.smooth_1d(rng, w, 3)[None, :]
@@ -65,7 +71,11 @@ def texture(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.nd
     base = (_GREY + (_BLUE - _GREY) * rng.uniform(0.0, 1.0)) * rng.uniform(0.75, 1.2)
     base = (base * rng.uniform(0.96, 1.04, size=3)).astype(np.float32)
     noise = rng.standard_normal((h, w), dtype=np.float32) * np.float32(rng.uniform(1.5, 4.5))
-    img = lum[..., None] * base + noise[..., None]
+    img = lum[..., None] * base
+    if benign_rate > 0.0:
+        fabric_benign.paint_benign(benign_rng(rng), img, base, s, Weave(float(theta), float(period), float(rib)),
+                                   benign_rate)
+    img += noise[..., None]
     return img.astype(np.float32), base
 
 
@@ -229,11 +239,13 @@ PAINTERS: tuple[_Painter, ...] = (
 )
 
 
-def render(rng: np.random.Generator, size: tuple[int, int], defective: bool) -> tuple[np.ndarray, list[Defect]]:
+def render(rng: np.random.Generator, size: tuple[int, int], defective: bool,
+           benign_rate: float = DEFAULT_BENIGN_RATE) -> tuple[np.ndarray, list[Defect]]:
     """Render one fabric image: uint8 ``[H, W, 3]`` RGB and its defects (none if normal);
-    a defective image has 1-3 defects (mostly 1)."""
+    a defective image has 1-3 defects (mostly 1). Benign irregularities (``benign_rate`` x
+    :data:`fabric_benign.MEANS` per image) are painted on both kinds and never annotated."""
     w, h = size
-    img, base = texture(rng, w, h)
+    img, base = texture(rng, w, h, benign_rate)
     defects: list[Defect] = []
     if defective:
         s = _scale(w, h)
@@ -245,4 +257,4 @@ def render(rng: np.random.Generator, size: tuple[int, int], defective: bool) -> 
 
 
 SPEC = KindSpec(name="fabric", classes=CLASSES, default_size=DEFAULT_SIZE, default_normal_share=0.44,
-                render=render)
+                render=render, benign_means=fabric_benign.MEANS)
