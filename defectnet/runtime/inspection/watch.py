@@ -1,12 +1,16 @@
 """``defectnet-infer --watch DIR``: inspect image files as they appear in a folder.
 
 * **Polling**, no inotify (works on network shares): every ``poll_interval`` seconds the
-  folder is scanned (recursively) for files with an image suffix; names starting with
-  ``.`` or ``~`` and ``*.tmp``/``*.part`` files are ignored (write-then-rename is the safe
-  way to drop files in). A file is taken once its size and mtime have stayed the same for
-  ``stable_for`` seconds, so half-written files are not read.
-* **Output**: one JSON line per file (the :class:`InspectionResult` record, ``key`` = the
-  path relative to DIR), appended to ``--out``, flushed and fsynced per record.
+  folder is scanned (recursively) for entries with an image suffix
+  (:func:`~defectnet.runtime.inspection.folders.walk_image_entries`: files, dangling
+  symlinks, folders named like images); names starting with ``.`` or ``~`` and
+  ``*.tmp``/``*.part`` files are ignored (write-then-rename is the safe way to drop files
+  in). An entry is taken once its size and mtime (of the link itself when its target is
+  gone) have stayed the same for ``stable_for`` seconds, so half-written files are not read.
+* **Output**: one JSON line per entry (the :class:`InspectionResult` record, ``key`` = the
+  path relative to DIR; an entry that is not an image gets an error record), appended to
+  ``--out`` by a :class:`~defectnet.runtime.inspection.record_log.RecordLog` (flushed and
+  fsynced per record).
 * **Never twice, across restarts**: after each flushed record the state file (default
   ``OUT.state.json``: done files + how many bytes of OUT they cover) is rewritten
   atomically. On start the state is loaded, then OUT is read from that offset on: records
@@ -14,6 +18,7 @@
   and a torn last line (a kill mid-write) is cut off, so that file is inspected again and
   gets exactly one complete record. A missing or unreadable state file is rebuilt from OUT.
   A file is identified by its relative path: a new file under a done name is skipped.
+  ``overwrite`` starts over (empties OUT, forgets the state).
 * **Stopping**: SIGINT/SIGTERM stop the scanning; frames already submitted are finished
   and written, then the command exits 0. ``once``: scan until every file present is stable
   and taken, process them and exit (for tests and cron jobs).
@@ -27,17 +32,19 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from defectnet.errors import ConfigError, DataError
-from defectnet.io import atomic_write_json
+from defectnet.io import atomic_write_text
+from defectnet.runtime.inspection.folders import IMAGE_SUFFIXES, walk_image_entries
+from defectnet.runtime.inspection.record_log import RecordLog
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "defectnet-watch-state"
-_TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
 
 @dataclass
@@ -68,45 +75,18 @@ class WatchState:
         return state
 
     def save(self) -> None:
-        atomic_write_json(self.path, {"format": STATE_FORMAT, "version": 1, "folder": self.folder,
-                                      "out_offset": self.out_offset, "done": sorted(self.done)}, indent=None)
-
-
-def reconcile_output(out: Path, state: WatchState) -> int:
-    """Add the records OUT holds beyond ``state.out_offset`` to ``state.done``, cut a torn
-    last line off, and return OUT's size (where appending continues)."""
-    if not out.exists():
-        state.out_offset = 0
-        return 0
-    size = out.stat().st_size
-    start = state.out_offset if 0 <= state.out_offset <= size else 0  # a shorter OUT was replaced: read it all
-    with open(out, "rb") as f:
-        f.seek(start)
-        tail = f.read()
-    end = tail.rfind(b"\n") + 1
-    for line in tail[:end].splitlines():
-        try:
-            key = json.loads(line).get("key")
-        except (ValueError, AttributeError):
-            log.warning("skipping an unparsable line in %s", out)
-            continue
-        if isinstance(key, str):
-            state.done.add(key)
-    if start + end < size:
-        log.warning("%s ends with a partial record (%d bytes, an interrupted write); removing it", out,
-                    size - start - end)
-        with open(out, "r+b") as f:
-            f.truncate(start + end)
-            os.fsync(f.fileno())
-        size = start + end
-    state.out_offset = size
-    return size
+        """Write the state atomically (ASCII JSON: a file name that is not valid Unicode is
+        kept as a ``\\u`` escape and reads back equal)."""
+        state = {"format": STATE_FORMAT, "version": 1, "folder": self.folder, "out_offset": self.out_offset,
+                 "done": sorted(self.done)}
+        atomic_write_text(self.path, json.dumps(state, sort_keys=True, ensure_ascii=True) + "\n")
 
 
 class FolderScanner:
-    """Finds files in ``folder`` whose size and mtime are unchanged for ``stable_for`` s."""
+    """Finds the entries of ``folder`` (:func:`walk_image_entries`) whose size and mtime are
+    unchanged for ``stable_for`` s."""
 
-    def __init__(self, folder: Path, suffixes: Iterable[str], stable_for: float = 1.0,
+    def __init__(self, folder: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES, stable_for: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.folder = folder
         self.suffixes = {s.lower() for s in suffixes}
@@ -116,19 +96,20 @@ class FolderScanner:
 
     def _candidates(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
-        for root, dirs, files in os.walk(self.folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in files:
-                if name.startswith((".", "~")) or name.lower().endswith(_TEMP_SUFFIXES):
-                    continue
-                if Path(name).suffix.lower() not in self.suffixes:
-                    continue
-                path = Path(root) / name
+        entries, errors = walk_image_entries(self.folder, self.suffixes, skip_hidden=True)
+        for e in errors:
+            if os.path.exists(e.filename):  # a folder that vanished mid-scan is not worth a warning
+                log.warning("cannot list %s (%s); its files are not watched", e.filename, e.strerror or e)
+        for rel in entries:
+            path = self.folder / rel
+            try:
+                st = path.stat()
+            except OSError:
                 try:
-                    st = path.stat()
+                    st = path.lstat()  # a dangling symlink (or unreachable target): still an entry
                 except OSError:
                     continue  # vanished between listing and stat
-                out[path.relative_to(self.folder).as_posix()] = (st.st_size, st.st_mtime_ns)
+            out[rel] = (st.st_size, st.st_mtime_ns)
         return out
 
     def poll(self, skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], int]:
@@ -155,17 +136,20 @@ class WatchSummary:
     errors: int = 0
     ng: int = 0
     skipped_done: int = 0
+    errors_by_reason: Counter[str] = field(default_factory=Counter)
 
     def text(self) -> str:
-        return (f"watch: {self.processed} files inspected ({self.ng} NG, {self.errors} errors); "
-                f"{self.skipped_done} already done before this run")
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(self.errors_by_reason.items()))
+        return (f"watch: {self.processed} files inspected ({self.ng} NG, {self.errors} errors"
+                f"{': ' + by_reason if by_reason else ''}); {self.skipped_done} already done before this run")
 
 
 def watch_folder(make_inspector: Callable[[Callable[[Any], None]], Any], folder: str | os.PathLike[str],
                  out: str | os.PathLike[str], *,
-                 state_file: str | os.PathLike[str] | None = None, suffixes: Iterable[str],
+                 state_file: str | os.PathLike[str] | None = None, suffixes: Iterable[str] = IMAGE_SUFFIXES,
                  once: bool = False, poll_interval: float = 1.0, stable_for: float = 1.0,
-                 stop: threading.Event | None = None, max_wait_once: float = 30.0) -> WatchSummary:
+                 stop: threading.Event | None = None, max_wait_once: float = 30.0,
+                 overwrite: bool = False) -> WatchSummary:
     """Run the watch loop (module docstring). make_inspector: ``on_result -> Inspector`` (e.g.
     ``lambda cb: Inspector.from_engine(dir, on_result=cb)``); the inspector is closed on
     return. ``stop``: set it to end the loop (the SIGINT/SIGTERM handlers do)."""
@@ -174,28 +158,32 @@ def watch_folder(make_inspector: Callable[[Callable[[Any], None]], Any], folder:
         raise DataError(f"watch folder {folder} does not exist; create it or fix --watch")
     if poll_interval <= 0 or stable_for < 0:
         raise ConfigError(f"poll interval must be > 0 and stable-for >= 0, got {poll_interval}, {stable_for}")
-    state = WatchState.load(Path(state_file) if state_file else out.with_name(out.name + ".state.json"), folder)
-    reconcile_output(out, state)
-    state.save()
+    state_path = Path(state_file) if state_file else out.with_name(out.name + ".state.json")
+    state = WatchState(state_path, str(folder.resolve())) if overwrite else WatchState.load(state_path, folder)
+    sink = RecordLog(out, start=state.out_offset, overwrite=overwrite)  # repairs a torn last line
+    state.done.update(k for k in sink.recovered.keys if isinstance(k, str))  # written after the last state save
+    state.out_offset = sink.size
+    try:
+        state.save()
+    except BaseException:
+        sink.close()
+        raise
     summary = WatchSummary(skipped_done=len(state.done))
     stop = stop or threading.Event()
     submitted: set[str] = set()
     lock = threading.Lock()  # state.done: added to by the delivery thread, read by the scanner
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sink: IO[bytes] = open(out, "ab")  # noqa: SIM115 - closed in finally
 
     def record(result: Any) -> None:  # the inspector's delivery thread, in submission order
-        line = (json.dumps(result.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
-        sink.write(line)
-        sink.flush()
-        os.fsync(sink.fileno())
+        size = sink.append(result.to_json())
         with lock:
             state.done.add(str(result.key))
-            state.out_offset += len(line)
+            state.out_offset = size
             state.save()
         summary.processed += 1
         summary.errors += not result.ok
         summary.ng += result.verdict == "NG"
+        if not result.ok:
+            summary.errors_by_reason[str(result.reason)] += 1
 
     try:
         inspector = make_inspector(record)
@@ -203,7 +191,7 @@ def watch_folder(make_inspector: Callable[[Callable[[Any], None]], Any], folder:
         sink.close()
         raise
     scanner = FolderScanner(folder, suffixes, stable_for)
-    restore = _install_signal_handlers(stop)
+    restore = stop_on_signals(stop)
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -229,7 +217,7 @@ def watch_folder(make_inspector: Callable[[Callable[[Any], None]], Any], folder:
     return summary
 
 
-def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     """SIGINT/SIGTERM set ``stop`` (main thread only); returns a function restoring the old ones."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -249,4 +237,4 @@ def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
-__all__ = ["FolderScanner", "WatchState", "WatchSummary", "reconcile_output", "watch_folder"]
+__all__ = ["FolderScanner", "WatchState", "WatchSummary", "stop_on_signals", "watch_folder"]
