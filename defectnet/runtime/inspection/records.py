@@ -54,7 +54,13 @@ class InspectionResult:
     """The record of one frame. verdict: ``OK`` | ``NG`` | ``ERROR``; for ``ERROR``,
     ``reason`` (a :class:`Reason` code) and ``message`` say what was wrong. Boxes are xyxy in
     original-image pixels, after the post-filter (``suppressed`` = detections it removed).
-    latency_ms: from the start of submit() to the result; timings_ms: the batch's stages."""
+    latency_ms: from the start of submit() to the result; timings_ms: the batch's stages.
+    annotated: the annotated JPEG ``defectnet-infer --save-images`` wrote for it. image: the
+    decoded frame, uint8 ``[3, H, W]``, only when the Inspector was asked to keep it
+    (``keep_images``; None for error records); never part of :meth:`to_json`.
+
+    :meth:`to_json` is the record ``defectnet-infer`` writes; ``docs/record.schema.json``
+    is its JSON Schema."""
 
     key: Any
     source: str
@@ -76,6 +82,8 @@ class InspectionResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     suppressed: int = 0
     review_image: str | None = None
+    annotated: str | None = None
+    image: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +108,8 @@ class InspectionResult:
             })
             if self.review_image:
                 out["review_image"] = self.review_image
+            if self.annotated:
+                out["annotated"] = self.annotated
         out.update({"latency_ms": round(self.latency_ms, 3), "deadline_ms": self.deadline_ms,
                     "deadline_missed": self.deadline_missed})
         return out
