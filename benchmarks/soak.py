@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
 
-    from defectnet.runtime.backends import OnnxRuntimeBackend
+    from defectnet.runtime.backends import BackendOptions
     from defectnet.runtime.engine import load_engine
-    from defectnet.runtime.pipeline import Pipeline
     from defectnet.runtime.inspection.validation import to_image
+    from defectnet.runtime.pipeline import Pipeline
 
     torch.set_num_threads(max(1, args.threads))
     if args.make_engine:
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="soak-engine-")
         engine_dir = make_tiny_engine(Path(tmp.name) / "engine", tuple(args.engine_scale))
     engine = load_engine(engine_dir)
-    pipeline = Pipeline(OnnxRuntimeBackend(engine, intra_op_threads=args.threads), kind=engine.kind,
-                        class_names=engine.class_names, gate_threshold=engine.gate_threshold,
-                        preprocessor=engine.preprocessor)
+    pipeline = Pipeline.from_engine(engine, "onnxruntime", backend_options=BackendOptions(threads=args.threads))
     pool = frame_pool(args.pool, args.height, args.width)
     probe = torch.cat([pipeline.gate_stage([to_image(f) for f in pool[i: i + 8]]).p_defective
                        for i in range(0, len(pool), 8)])

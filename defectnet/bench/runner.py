@@ -180,12 +180,13 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
     :class:`StageTimedBackend`); ``gate_threshold`` overrides the model's own for gated rows.
     Raises a DefectNetError when the case cannot run here."""
     from defectnet.runtime import Pipeline
+    from defectnet.runtime.backends import BackendOptions, make_backend
     from defectnet.runtime.engine import load_engine
 
     t0 = time.perf_counter()
+    # torch threads are process-wide: run_benchmark sets them once (the factory checks they match)
+    options = BackendOptions(threads=threads or 0, device=device, providers="cpu" if device == "cpu" else "auto")
     if case.backend == TORCH:
-        from defectnet.runtime.backends import TorchBackend
-
         if case.row.run_dir is not None:
             model, info = _run_info(case.row.run_dir)
             _info_cache[Path(case.row.run_dir).resolve()] = info
@@ -202,7 +203,7 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         _check_classes(case, names, label_map, images)
         remark = row_remark(case)
         kind, threshold = _kind_of_model(model)
-        inner: Backend = TorchBackend(model, device)
+        inner: Backend = make_backend(model, TORCH, options)
         sync = device_sync(device)
         where = device
         preprocessor = Preprocessor(scale, divisor)
@@ -212,18 +213,11 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         _check_classes(case, engine.class_names, None, images)
         remark = row_remark(case)
         kind, threshold, preprocessor = engine.kind, engine.gate_threshold, engine.preprocessor
-        if case.backend == ONNXRUNTIME:
-            from defectnet.runtime.backends import OnnxRuntimeBackend
-
-            ort = OnnxRuntimeBackend(engine, "cpu" if device == "cpu" else "auto", intra_op_threads=threads or 0)
-            ort.load()
-            inner, where = ort, ort.device
-        elif case.backend == TENSORRT:
-            from defectnet.runtime.backends.trt import TensorRtBackend
-
-            inner, where = TensorRtBackend(engine, "cuda"), "cuda"
-        else:  # pragma: no cover - plan_cases only makes the three
+        if case.backend not in (ONNXRUNTIME, TENSORRT):  # pragma: no cover - plan_cases only makes the three
             raise DataError(f"unknown backend {case.backend!r}")
+        inner = make_backend(engine, case.backend, options)
+        inner.load()  # ONNX Runtime picks its device (providers) when it loads
+        where = str(getattr(inner, "device", "cuda" if case.backend == TENSORRT else "cpu"))
         sync = device_sync(where)
         if case.row.engines and case.engine is not None and case.engine.path.name != "engine":
             remark = f"{remark}, {case.engine.path.name}"

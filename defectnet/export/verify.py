@@ -34,7 +34,7 @@ from defectnet.data.transforms import Preprocessor
 from defectnet.errors import DataError, ExportError
 from defectnet.io import atomic_write_json
 from defectnet.model_source import ModelSource
-from defectnet.runtime.backends import OnnxRuntimeBackend, RawDetections
+from defectnet.runtime.backends import BackendOptions, OnnxRuntimeBackend, RawDetections, make_backend
 from defectnet.runtime.engine import engine_from_manifest
 
 VERIFY_BATCH = 3
@@ -173,10 +173,13 @@ def verify_engine_dir(root: str | os.PathLike[str], manifest: Mapping[str, Any],
 
     Returns the JSON-able report; raises ExportError (with the numbers) when a tolerance is
     exceeded. The report is also written to ``root/verification-failed.json`` on failure.
+    providers: ONNX Runtime providers (:class:`~defectnet.runtime.backends.BackendOptions`;
+    default CPU).
     """
     tol = tolerances or Tolerances()
     engine = engine_from_manifest(root, manifest)
-    backend = OnnxRuntimeBackend(engine, providers)
+    backend = make_backend(engine, OnnxRuntimeBackend.name, BackendOptions(providers=providers))
+    assert isinstance(backend, OnnxRuntimeBackend)  # the report records its providers
     backend.load()
     if images is None:
         images, image_source = synthetic_images(), "synthetic"

@@ -29,7 +29,7 @@ import click
 from torch import Tensor
 
 from defectnet.errors import DataError, DefectNetError
-from defectnet.runtime.backends import BACKENDS
+from defectnet.runtime.backends import BACKENDS, BackendOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 MODEL_STAGES = ("classifier", "gate", "select", "detector", "postprocess")
@@ -193,14 +193,14 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, save_images: 
     try:
         if batch < 1:
             raise click.BadParameter("--batch must be >= 1", param_hint="--batch")
-        provider_arg: str | list[str] = providers if providers in ("cpu", "auto") else providers.split(",")
+        backend_options = BackendOptions(device=device, providers=providers)  # a ConfigError says what is wrong
         if watch_dir is not None:
-            _watch(watch_dir, inputs, engine_dir, out_file, backend, provider_arg, device, batch, gate_threshold,
+            _watch(watch_dir, inputs, engine_dir, out_file, backend, backend_options, batch, gate_threshold,
                    state_file, once, poll_interval, stable_for, save_images)
             return
         if not inputs:
             raise click.UsageError("give IMAGES_OR_FOLDERS... or --watch DIR")
-        pipeline = Pipeline.from_engine(engine_dir, backend, providers=provider_arg, device=device,
+        pipeline = Pipeline.from_engine(engine_dir, backend, backend_options=backend_options,
                                         gate_threshold=gate_threshold)
         paths = collect_inputs(inputs)
         if not paths:
@@ -223,7 +223,7 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, save_images: 
 
 
 def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Path, backend: str,
-           providers: str | list[str], device: str, batch: int, gate_threshold: float | None,
+           backend_options: BackendOptions, batch: int, gate_threshold: float | None,
            state_file: Path | None, once: bool, poll_interval: float, stable_for: float,
            save_images: Path | None) -> None:
     """``--watch``: :func:`defectnet.runtime.inspection.watch.watch_folder` with an Inspector."""
@@ -235,7 +235,7 @@ def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Pat
     if save_images is not None:
         raise click.UsageError("--save-images is not available with --watch")
     summary = watch_folder(
-        lambda on_result: Inspector.from_engine(engine_dir, backend, providers=providers, device=device,
+        lambda on_result: Inspector.from_engine(engine_dir, backend, backend_options=backend_options,
                                                 gate_threshold=gate_threshold, batch_size=batch,
                                                 on_result=on_result),
         folder, out_file, state_file=state_file, suffixes=IMAGE_SUFFIXES, once=once, poll_interval=poll_interval,

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import ConfigError
-from defectnet.runtime.backends import Backend, RawDetections, make_backend
+from defectnet.runtime.backends import Backend, BackendOptions, RawDetections, make_backend
 from defectnet.runtime.engine import KIND_ONE_MODEL, KIND_TWO_MODEL, Engine, load_engine
 from defectnet.structures import Detections, ImageBatch
 
@@ -140,12 +140,14 @@ class Pipeline:
 
     @classmethod
     def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: str = "onnxruntime", *,
-                    providers: str | list[str] | None = None, device: str = "cpu",
-                    gate_threshold: float | None = None) -> Pipeline:
-        """A pipeline over an engine folder (validated) with the named backend."""
+                    backend_options: BackendOptions | None = None, gate_threshold: float | None = None
+                    ) -> Pipeline:
+        """A pipeline over an engine folder (validated) with the named backend, built by
+        :func:`~defectnet.runtime.backends.make_backend` with ``backend_options`` (threads,
+        device, providers; default: CPU)."""
         eng = engine if isinstance(engine, Engine) else load_engine(engine)
         threshold = eng.gate_threshold if gate_threshold is None else gate_threshold
-        return cls(make_backend(eng, backend, providers=providers, device=device), kind=eng.kind,
+        return cls(make_backend(eng, backend, backend_options), kind=eng.kind,
                    class_names=eng.class_names, gate_threshold=threshold, preprocessor=eng.preprocessor)
 
     def _names(self, labels: Tensor) -> list[str]:

@@ -4,37 +4,70 @@
 * :class:`TorchBackend` (:mod:`.pytorch`): the PyTorch checkpoint the engine was exported from.
 * ``TensorRtBackend`` (:mod:`.trt`): the folder's TensorRT plans; imported lazily (NVIDIA GPU).
 
-Build backends with :func:`make_backend`; every caller (Pipeline, Inspector, bench,
-export verification) goes through it.
+Build backends with :func:`make_backend` and a :class:`BackendOptions` (:mod:`.options`:
+threads, device, providers, spinning; validated on creation); every caller (Pipeline,
+Inspector, bench, soak benchmark, export verification) goes through it.
 """
 
 from __future__ import annotations
 
-from defectnet.errors import EngineError
+from typing import TYPE_CHECKING
+
+from defectnet.errors import ConfigError, EngineError
 from defectnet.runtime.backends.base import Backend, RawDetections
 from defectnet.runtime.backends.onnx_runtime import CPU_PROVIDERS, OnnxRuntimeBackend, resolve_providers
+from defectnet.runtime.backends.options import BackendOptions
 from defectnet.runtime.backends.pytorch import TorchBackend
 from defectnet.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from defectnet.model import DefectNet, TwoModel
 
 BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name, "tensorrt")
 
 
-def make_backend(engine: Engine, name: str = "onnxruntime", *, providers: str | list[str] | None = None,
-                 device: str = "cpu") -> Backend:
-    """``onnxruntime`` (the engine's graphs), ``torch`` (the checkpoint it was exported from)
-    or ``tensorrt`` (the folder's serialized TensorRT engines; imported lazily, on ``cuda``
-    when ``device`` is the CPU default)."""
+def make_backend(source: Engine | DefectNet | TwoModel, name: str = "onnxruntime",
+                 options: BackendOptions | None = None) -> Backend:
+    """The one backend factory (not loaded yet: :meth:`Backend.load` or the Pipeline does that).
+
+    source: an :class:`Engine` (every backend: ``onnxruntime`` runs its graphs, ``torch`` the
+    checkpoint it was exported from, ``tensorrt`` its serialized plans, imported lazily), or
+    a PyTorch model in memory (``torch`` only). options: :class:`BackendOptions` (default:
+    CPU, the libraries' thread defaults); see :mod:`.options` for which backend uses which
+    field, and why the torch thread count is process-wide.
+    """
+    opts = options if options is not None else BackendOptions()
+    if not isinstance(opts, BackendOptions):
+        raise ConfigError(f"options must be a BackendOptions, got {type(opts).__name__}")
+    if name not in BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    if not isinstance(source, Engine):
+        if name != TorchBackend.name:
+            raise ConfigError(f"a PyTorch model in memory runs only on the torch backend, not {name!r}; export it "
+                              "to an engine folder (defectnet-export) for onnxruntime or tensorrt")
+        _check_torch_threads(opts.threads)
+        return TorchBackend(source, opts.device)
     if name == OnnxRuntimeBackend.name:
-        return OnnxRuntimeBackend(engine, providers)
+        return OnnxRuntimeBackend(source, opts.provider_list, intra_op_threads=opts.threads,
+                                  allow_spinning=opts.allow_spinning)
     if name == TorchBackend.name:
-        return TorchBackend.from_engine(engine, device)
-    if name == "tensorrt":
-        from defectnet.runtime.backends.trt import TensorRtBackend
+        _check_torch_threads(opts.threads)
+        return TorchBackend.from_engine(source, opts.device)
+    from defectnet.runtime.backends.trt import TensorRtBackend
 
-        return TensorRtBackend(engine, "cuda" if device == "cpu" else device)
-    raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-
+    return TensorRtBackend(source, "cuda" if opts.device == "cpu" else opts.device)
 
 
-__all__ = ["BACKENDS", "CPU_PROVIDERS", "Backend", "OnnxRuntimeBackend", "RawDetections", "TorchBackend",
-           "make_backend", "resolve_providers"]
+def _check_torch_threads(threads: int) -> None:
+    """PyTorch has one intra-op pool per process: never change it here, only check it."""
+    import torch
+
+    if threads and torch.get_num_threads() != threads:
+        raise ConfigError(
+            f"the torch backend was asked for {threads} threads, but this process runs {torch.get_num_threads()} "
+            f"torch threads and PyTorch has one thread pool per process; call torch.set_num_threads({threads}) "
+            "once at start-up (defectnet-bench --threads does), or leave threads at 0")
+
+
+__all__ = ["BACKENDS", "CPU_PROVIDERS", "Backend", "BackendOptions", "OnnxRuntimeBackend", "RawDetections",
+           "TorchBackend", "make_backend", "resolve_providers"]

@@ -58,8 +58,8 @@ from typing import Any, Literal
 from torch import Tensor
 
 from defectnet.errors import ConfigError, DefectNetError
-from defectnet.runtime.backends import Backend, OnnxRuntimeBackend, make_backend
-from defectnet.runtime.engine import Engine, load_engine
+from defectnet.runtime.backends import BackendOptions
+from defectnet.runtime.engine import Engine
 from defectnet.runtime.inspection.metrics import InspectorMetrics, MetricsServer, serve_registry
 from defectnet.runtime.inspection.records import ERROR, InspectionResult, PostFilter
 from defectnet.runtime.inspection.review import ReviewConfig, ReviewWriter
@@ -162,19 +162,13 @@ class Inspector:
 
     @classmethod
     def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: str = "onnxruntime", *,
-                    providers: str | list[str] | None = None, device: str = "cpu",
-                    gate_threshold: float | None = None, intra_op_threads: int = 0, **options: Any) -> Inspector:
-        """An inspector over an engine folder (validated by :func:`load_engine`). backend:
-        ``onnxruntime`` or ``torch``; options: the keyword arguments of :class:`Inspector`."""
-        eng = engine if isinstance(engine, Engine) else load_engine(engine)
-        runner: Backend
-        if backend == OnnxRuntimeBackend.name:
-            runner = OnnxRuntimeBackend(eng, providers, intra_op_threads=intra_op_threads)
-        else:
-            runner = make_backend(eng, backend, providers=providers, device=device)
-        pipeline = Pipeline(runner, kind=eng.kind, class_names=eng.class_names,
-                            gate_threshold=eng.gate_threshold if gate_threshold is None else gate_threshold,
-                            preprocessor=eng.preprocessor)
+                    backend_options: BackendOptions | None = None, gate_threshold: float | None = None,
+                    **options: Any) -> Inspector:
+        """An inspector over an engine folder (validated by :func:`load_engine`): the
+        :meth:`Pipeline.from_engine` of ``backend`` with ``backend_options`` (threads, device,
+        providers); options: the keyword arguments of :class:`Inspector`."""
+        pipeline = Pipeline.from_engine(engine, backend, backend_options=backend_options,
+                                        gate_threshold=gate_threshold)
         return cls(pipeline, **options)
 
     # -- intake ---------------------------------------------------------------------------------
