@@ -256,10 +256,17 @@ class Inspector:
         """Serve this inspector's metrics at ``http://host:port/metrics`` (a daemon thread).
         port 0 picks a free one (``handle.port``). Loopback by default: pass ``0.0.0.0`` only
         on a trusted network. ``handle.shutdown()`` stops it; :meth:`close` stops every
-        server this inspector started."""
+        server this inspector started (so it raises :class:`InspectorClosedError` after close)."""
+        if self._closed:
+            raise InspectorClosedError("this Inspector is closed; serve the metrics of a running one")
         server = serve_registry(self.registry, port, host)
         with self._lock:
-            self._servers.append(server)
+            closed = self._closed
+            if not closed:
+                self._servers.append(server)
+        if closed:  # close() ran meanwhile and will not see this server
+            server.shutdown()
+            raise InspectorClosedError("this Inspector was closed while its metrics server started")
         return server
 
     def stats(self) -> dict[str, Any]:

@@ -400,5 +400,7 @@ def test_serve_metrics_answers_on_loopback_and_stops() -> None:
     assert not server.running
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.url, timeout=5)
-    with pytest.raises(ConfigError, match="0..65535"):
-        insp.serve_metrics(70000)
+    with pytest.raises(InspectorClosedError):
+        insp.serve_metrics(0)
+    with Inspector(fake_pipeline()) as other, pytest.raises(ConfigError, match="0..65535"):
+        other.serve_metrics(70000)
