@@ -22,10 +22,9 @@ from defectnet.engine_build.accuracy import Tolerances
 from defectnet.errors import DefectNetError
 from defectnet.export import export_engine
 from defectnet.export.verify import dataset_images
-from defectnet.io import atomic_write
 from defectnet.model_source import load_source
 from defectnet.runtime import Pipeline
-from defectnet.runtime.cli import Summary, run_inference
+from defectnet.runtime.inspection.batch import run_inference
 from defectnet.train import TrainConfig, Variant, train
 
 #: Reduced-size synthetic fabric is 612x250; train and test at that scale (seed's rule,
@@ -124,10 +123,9 @@ def infer_folder(data: Path, engine: Path, out: Path) -> None:
     test = load_split(data, "test")
     inputs = [test.image_dir / test.image_info(i)[1] for i in range(len(test))]
     pipeline = Pipeline.from_engine(engine, "onnxruntime")
-    summaries: list[Summary] = []
-    atomic_write(out / "results.jsonl", lambda f: summaries.append(
-        run_inference(pipeline, inputs, f, batch=4, save_images=out / "annotated", progress=False)))
-    for line in summaries[0].text().splitlines():
+    summary = run_inference(pipeline, inputs, out / "results.jsonl", batch=4, save_images=out / "annotated",
+                            progress=False, overwrite=True)  # the demo owns --out: always a fresh file
+    for line in summary.text().splitlines():
         click.echo(f"   {line}")
 
 

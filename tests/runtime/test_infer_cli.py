@@ -1,13 +1,14 @@
-"""defectnet-infer: one JSON line per input, error records for unreadable files."""
+"""defectnet-infer (batch mode): one record per input (the schema's), error records for
+unreadable files, annotated images, the summary, set-up errors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from record_schema import read_records
 from runtime_helpers import images
 
 from defectnet.runtime.cli import main
@@ -35,19 +36,24 @@ def test_infer_writes_one_record_per_input(run_engine: Path, tmp_path: Path) -> 
                                        "--out", str(out), "--batch", "2", "--save-images", str(annotated),
                                        "--gate-threshold", "0.0", "--no-progress"])
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    names = [Path(r["image"]).name for r in records]
-    assert names == ["broken.jpg", "img_0.png", "img_1.png", "img_2.png", "missing.png"]
-    errors = {Path(r["image"]).name: r["error"] for r in records if "error" in r}
+    records = read_records(out)  # complete lines, each valid against docs/record.schema.json
+    folder = tmp_path / "imgs"
+    assert [r["key"] for r in records] == [str(folder / "broken.jpg"), str(folder / "img_0.png"),
+                                           str(folder / "img_1.png"), str(folder / "sub" / "img_2.png"), str(missing)]
+    assert all(r["image"] == r["key"] for r in records)
+    errors = {Path(r["key"]).name: r["error"] for r in records if r["verdict"] == "ERROR"}
     assert set(errors) == {"broken.jpg", "missing.png"}
-    assert "cannot decode" in errors["broken.jpg"] and "does not exist" in errors["missing.png"]
-    good = [r for r in records if "error" not in r]
+    assert errors["broken.jpg"]["reason"] == "decode_error" and "cannot decode" in errors["broken.jpg"]["message"]
+    assert errors["missing.png"]["reason"] == "not_found" and "does not exist" in errors["missing.png"]["message"]
+    good = [r for r in records if r["verdict"] != "ERROR"]
     for r in good:
         assert r["verdict"] in ("OK", "NG") and 0.0 <= r["p_defective"] <= 1.0 and r["ran_detector"]
         assert {"box", "score", "label", "class_name"} <= set(r["detections"][0])
         assert "gate" in r["timings_ms"] and Path(r["annotated"]).is_file()
-    assert len(list(annotated.iterdir())) == 3
-    assert "inputs 5: 3 processed" in result.output and "2 errors" in result.output
+    assert sorted(p.name for p in annotated.iterdir()) == ["img_0.jpg", "img_1.jpg", "img_2.jpg"]
+    with Image.open(annotated / "img_0.jpg") as im:
+        assert im.size == (300, 180)  # the original image, annotated
+    assert "inputs 5: 3 processed" in result.output and "2 errors (decode_error 1, not_found 1)" in result.output
     assert "gate pass rate 1.000" in result.output and "ATT" in result.output
 
 
@@ -58,8 +64,9 @@ def test_infer_torch_backend_and_high_threshold(run_engine: Path, tmp_path: Path
                                                                  "--backend", "torch", "--gate-threshold", "1.5",
                                                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 3 and all(r["verdict"] == "OK" and not r["ran_detector"] for r in records)
+    records = read_records(out)
+    assert [r["key"] for r in records] == [str(p) for p in paths]  # files named directly: in the order given
+    assert all(r["verdict"] == "OK" and not r["ran_detector"] for r in records)
     assert "gate pass rate 0.000" in result.output
 
 

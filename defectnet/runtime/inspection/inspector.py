@@ -108,6 +108,9 @@ class Inspector:
     thread (its exceptions are logged and counted; it must not call close() or block on
     submit()). keep_results: queue streamed records for
     :meth:`results` (default: when there is no callback; unconsumed records accumulate).
+    keep_images: records with a verdict carry the decoded frame as ``record.image`` (uint8
+    ``[3, H, W]``, e.g. to annotate it in ``on_result``; it stays in memory while the record
+    does, so drop it there).
     """
 
     def __init__(self, pipeline: Pipeline, *, batch_size: int = 4, max_wait_ms: float = 10.0,
@@ -115,7 +118,7 @@ class Inspector:
                  deadline_policy: DeadlinePolicy = "report", post_filter: PostFilter | None = None,
                  limits: InputLimits | None = None, review: ReviewConfig | None = None,
                  on_result: Callable[[InspectionResult], Any] | None = None, keep_results: bool | None = None,
-                 metrics_window: int = 10_000) -> None:
+                 metrics_window: int = 10_000, keep_images: bool = False) -> None:
         if batch_size < 1 or not max_wait_ms >= 0:
             raise ConfigError(f"batch_size must be >= 1 and max_wait_ms >= 0, got {batch_size}, {max_wait_ms}")
         if deadline_policy not in ("report", "skip"):
@@ -140,6 +143,7 @@ class Inspector:
                            lambda: self.pipeline.gate_threshold)
         self.on_result = on_result
         self.keep_results = on_result is None if keep_results is None else bool(keep_results)
+        self.keep_images = bool(keep_images)
         self.review = ReviewWriter(review, self.metrics) if review is not None else None
         self.registry = self.metrics.registry  # this inspector's series only
         self._servers: list[MetricsServer] = []
@@ -419,7 +423,9 @@ class Inspector:
             log.error("frame %s already has a record; dropping a second one", frame.key)
             return
         frame.result = self._stamp(frame, result)
-        frame.image = None  # release the pixels now
+        if self.keep_images and result.ok:
+            result.image = frame.image
+        frame.image = None  # release the pixels now (unless the record keeps them)
         self.metrics.record_result(result.verdict, result.latency_ms / 1e3, reason=result.reason,
                                    deadline_missed=result.deadline_missed, suppressed=result.suppressed)
         self._outbox.put(frame)
