@@ -25,6 +25,7 @@ from defectnet.export.verify import dataset_images
 from defectnet.model_source import load_source
 from defectnet.runtime import Pipeline
 from defectnet.runtime.inspection.batch import run_inference
+from defectnet.runtime.types import BackendName, Precision
 from defectnet.train import TrainConfig, Variant, train
 
 #: Reduced-size synthetic fabric is 612x250; train and test at that scale (seed's rule,
@@ -81,13 +82,13 @@ def export_models(data: Path, runs: dict[str, Path]) -> dict[str, Path]:
         t0 = _stage(f"4. export {name} to ONNX (gate + detector graphs), parity check against PyTorch")
         manifest = export_engine(load_source(run), run / "engine", images=dataset_images(data),
                                  image_source=f"{data} (test split)")
-        for r in manifest["verification"]["runs"]:
+        for r in manifest.verification.runs if manifest.verification is not None else ():
             click.echo(f"   parity {r['input_size'][0]}x{r['input_size'][1]} batch {r['batch']}: |dP| "
                        f"{r['p_max_abs_diff']:.1e}, matched {r['matched']} of {r['torch']}, |dbox| "
                        f"{r['box_max_abs_diff']:.1e} px")
-        trt = manifest["tensorrt_check"]
-        click.echo(f"   TensorRT {trt['tensorrt_version']} parser operator check: "
-                   f"{'all supported' if trt['supported'] else 'PROBLEMS'}; exported in "
+        trt = manifest.tensorrt_check
+        state = "not run" if trt is None else "all supported" if trt.supported else "PROBLEMS"
+        click.echo(f"   TensorRT {trt.tensorrt_version if trt else ''} parser operator check: {state}; exported in "
                    f"{time.perf_counter() - t0:.0f} s")
         engines[name] = run / "engine"
     return engines
@@ -102,16 +103,17 @@ def build_int8(data: Path, engine: Path) -> Path:
     weights the gate's P(defective) sits near the threshold for many images, so a handful of
     flips are expected and say nothing about INT8. ``defectnet-build-engine`` enforces the
     tolerances. The build prints its comparison ("mAP <int8> vs <float32> (drop ...)")."""
-    out = default_out(engine, "int8", "onnxruntime")
+    out = default_out(engine, Precision.INT8, BackendName.ONNXRUNTIME)
     t0 = _stage(f"5. INT8 engine for ONNX Runtime (U8S8 Q/DQ graphs) -> {out}")
-    options = BuildOptions(precision="int8", backend="onnxruntime", data_dir=data, calib_size=CALIB_SIZE,
+    options = BuildOptions(precision=Precision.INT8, backend=BackendName.ONNXRUNTIME, data_dir=data, calib_size=CALIB_SIZE,
                            tolerances=Tolerances(1.0, 1.0, 1.0, 1.0), log=lambda m: click.echo(f"   {m}"))
     options.validate()
     shutil.rmtree(out, ignore_errors=True)
     manifest = build_engine(engine, out, options)
-    acc = manifest["accuracy"]
-    click.echo(f"   ATT {acc['engine']['att_ms']:.1f} ms (INT8 ONNX Runtime) vs {acc['reference']['att_ms']:.1f} ms "
-               "(float32 PyTorch)")
+    acc = manifest.accuracy
+    if acc is not None and acc.engine_att_ms is not None and acc.reference_att_ms is not None:
+        click.echo(f"   ATT {acc.engine_att_ms:.1f} ms (INT8 ONNX Runtime) vs {acc.reference_att_ms:.1f} ms "
+                   "(float32 PyTorch)")
     click.echo(f"   built in {time.perf_counter() - t0:.0f} s")
     return out
 
@@ -122,7 +124,7 @@ def infer_folder(data: Path, engine: Path, out: Path) -> None:
     _stage(f"6. defectnet-infer on the test images (ONNX Runtime, batch 4) -> {out}")
     test = load_split(data, "test")
     inputs = [test.image_dir / test.image_info(i)[1] for i in range(len(test))]
-    pipeline = Pipeline.from_engine(engine, "onnxruntime")
+    pipeline = Pipeline.from_engine(engine, BackendName.ONNXRUNTIME)
     summary = run_inference(pipeline, inputs, out / "results.jsonl", batch=4, save_images=out / "annotated",
                             progress=False, overwrite=True)  # the demo owns --out: always a fresh file
     for line in summary.text().splitlines():
@@ -133,7 +135,7 @@ def bench(data: Path, runs: Path, out: Path) -> None:
     """Stage 7: the seed's table for every row and backend, measured side by side in one run
     (PyTorch eager fp32 = the baseline, ONNX Runtime float32 and INT8), plus the deployment table and plots."""
     _stage(f"7. defectnet-bench: ATT tables across backends -> {out}")
-    settings = BenchSettings(data=str(data), runs_dir=str(runs), backends=("torch", "onnxruntime"), repeat=1,
+    settings = BenchSettings(data=str(data), runs_dir=str(runs), backends=(BackendName.TORCH, BackendName.ONNXRUNTIME), repeat=1,
                              warmup=2, batch=4)
     result = run_benchmark(settings, progress=False)
     write_outputs(result, out)

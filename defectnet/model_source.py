@@ -11,10 +11,8 @@ bare DefectNet weights file (``.safetensors`` with its config in the metadata).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -22,7 +20,8 @@ from defectnet.data.transforms import DEFAULT_SCALE, SIZE_DIVISOR
 from defectnet.errors import CheckpointError, ExportError
 from defectnet.io import sha256_file
 from defectnet.model import DefectNet, ImageClassifier, TwoModel
-from defectnet.runtime.engine import KIND_DEFECTNET, KIND_ONE_MODEL, KIND_TWO_MODEL
+from defectnet.runtime.manifest import Manifest, SourceInfo
+from defectnet.runtime.types import EngineKind
 
 _WEIGHTS = "model.safetensors"
 
@@ -63,10 +62,10 @@ class ModelSource:
         return self.model.classifier if isinstance(self.model, TwoModel) else None
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> EngineKind:
         if isinstance(self.model, TwoModel):
-            return KIND_TWO_MODEL
-        return KIND_DEFECTNET if self.detector.config.with_gate else KIND_ONE_MODEL
+            return EngineKind.TWO_MODEL
+        return EngineKind.DEFECTNET if self.detector.config.with_gate else EngineKind.ONE_MODEL
 
     @property
     def gate_threshold(self) -> float:
@@ -74,10 +73,10 @@ class ModelSource:
             return float(self.model.gate_threshold)
         return float(self.detector.config.gate_threshold)
 
-    def provenance(self) -> dict[str, Any]:
-        return {"checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
-                "weights_sha256": dict(self.weights), "variant": self.variant,
-                "model_config": self.detector.config.to_dict()}
+    def provenance(self) -> SourceInfo:
+        """What the engine manifest records about this model (its ``source`` block)."""
+        return SourceInfo(str(Path(self.checkpoint).resolve()) if self.checkpoint else None, dict(self.weights),
+                          self.variant, self.detector.config.to_dict())
 
 
 def default_class_names(k: int) -> list[str]:
@@ -138,20 +137,19 @@ def load_source(path: str | os.PathLike[str]) -> ModelSource:
                       "(checkpoint.json) nor a DefectNet .safetensors weights file; pass one of those")
 
 
-def load_source_from_manifest(manifest: Any, root: Path) -> ModelSource:
+def load_source_from_manifest(manifest: Manifest, root: Path) -> ModelSource:
     """The source an engine was exported from, checked against the recorded weight hashes."""
     from defectnet.errors import EngineError
 
-    prov = manifest.get("source") if isinstance(manifest, Mapping) else None
-    ckpt = prov.get("checkpoint") if isinstance(prov, Mapping) else None
-    if not ckpt or not isinstance(prov, Mapping):
+    ckpt = manifest.source.checkpoint if manifest.source is not None else None
+    if not ckpt or manifest.source is None:
         raise EngineError(f"engine {root} records no source checkpoint, so the torch backend cannot load "
                           "the model; use --backend onnxruntime or re-export from a checkpoint")
     try:
         source = load_source(ckpt)
     except ExportError as e:
         raise EngineError(f"engine {root}: the recorded source checkpoint cannot be loaded ({e})") from None
-    expected = prov.get("weights_sha256") or {}
+    expected = manifest.source.weights_sha256
     if expected and sorted(source.weights.values()) != sorted(expected.values()):
         raise EngineError(f"engine {root}: the weights at {ckpt} changed since the export (SHA-256 differs); "
                           f"re-export with defectnet-export --checkpoint {ckpt} --out {root}")

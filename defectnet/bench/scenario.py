@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from defectnet.errors import ConfigError, DefectNetError
+from defectnet.runtime.types import BackendName, EngineKind, Precision
 from defectnet.train.config import Variant
 
-TORCH, ONNXRUNTIME, TENSORRT = "torch", "onnxruntime", "tensorrt"
-BACKENDS: tuple[str, ...] = (TORCH, ONNXRUNTIME, TENSORRT)
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+TORCH, ONNXRUNTIME, TENSORRT = BackendName.TORCH, BackendName.ONNXRUNTIME, BackendName.TENSORRT
+#: Column order: the reference first.
+BACKENDS: tuple[BackendName, ...] = (TORCH, ONNXRUNTIME, TENSORRT)
+PRECISIONS: tuple[Precision, ...] = tuple(Precision)
 #: The seed table's row order.
 ROW_ORDER: tuple[str, ...] = tuple(v.table_name for v in Variant)
 ENGINE_GLOB = "engine*"
@@ -47,12 +49,12 @@ class EngineRef:
     """
 
     path: Path
-    kind: str
+    kind: EngineKind
     variant: str
-    precision: str
+    precision: Precision
     source_checkpoint: Path | None
-    flavour: str | None = None
-    target: str | None = None
+    flavour: BackendName | None = None
+    target: BackendName | None = None
     tensorrt: bool = False
 
 
@@ -70,7 +72,7 @@ class ModelRow:
 
     @property
     def is_one_model(self) -> bool:
-        return self.kind == "one-model"
+        return self.kind == EngineKind.ONE_MODEL
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,12 +111,13 @@ def table_name(variant: str, fallback: str) -> str:
         return variant or fallback
 
 
-def kind_of_variant(variant: str) -> str | None:
+def kind_of_variant(variant: str) -> EngineKind | None:
     try:
         v = Variant(variant)
     except ValueError:
         return None
-    return "one-model" if v is Variant.ONE_MODEL else "two-model" if v.is_two_model else "defectnet"
+    return (EngineKind.ONE_MODEL if v is Variant.ONE_MODEL else EngineKind.TWO_MODEL if v.is_two_model
+            else EngineKind.DEFECTNET)
 
 
 def read_engine_ref(path: str | os.PathLike[str]) -> EngineRef:
@@ -123,19 +126,11 @@ def read_engine_ref(path: str | os.PathLike[str]) -> EngineRef:
     from defectnet.runtime.engine import read_manifest
 
     root = Path(path)
-    manifest = read_manifest(root)
-    precision = str(manifest.get("precision") or "fp32").lower()
-    source = manifest.get("source")
-    ckpt = source.get("checkpoint") if isinstance(source, dict) else None
-    trt = manifest.get("tensorrt")
-    quant = manifest.get("quantization")
-    flavour = quant.get("flavour") if isinstance(quant, dict) else None
-    target = manifest.get("backend")
-    return EngineRef(root, str(manifest.get("kind", "")), str(manifest.get("variant") or ""), precision,
-                     Path(ckpt) if isinstance(ckpt, str) and ckpt else None,
-                     str(flavour) if isinstance(flavour, str) else None,
-                     str(target) if isinstance(target, str) and target else None,
-                     isinstance(trt, dict) and bool(trt.get("engines")))
+    m = read_manifest(root)
+    ckpt = m.source.checkpoint if m.source is not None else None
+    return EngineRef(root, m.kind, m.variant, m.precision, Path(ckpt) if ckpt else None,
+                     m.quantization.flavour if m.quantization is not None else None, m.backend,
+                     m.has_tensorrt_plans)
 
 
 def _is_engine(path: Path) -> bool:
@@ -180,7 +175,8 @@ class _Rows:
                                   f"folder ({run_dir.parent}) instead")
             return None
         variant = str(raw.get("variant", ""))
-        kind = kind_of_variant(variant) or ("two-model" if raw.get("kind") == "two-model" else "defectnet")
+        kind = kind_of_variant(variant) or (EngineKind.TWO_MODEL if raw.get("kind") == EngineKind.TWO_MODEL
+                                            else EngineKind.DEFECTNET)
         row = ModelRow(table_name(variant, run_dir.name), variant, kind, run_dir=run_dir)
         self.rows[key] = row
         for e in engines_of_run(run_dir):
@@ -202,7 +198,7 @@ class _Rows:
             src = _resolve(ref.source_checkpoint) if ref.source_checkpoint is not None else key
             row = self.rows.get(src)
             if row is None:
-                kind = ref.kind or kind_of_variant(ref.variant) or "defectnet"
+                kind = ref.kind or kind_of_variant(ref.variant) or EngineKind.DEFECTNET
                 row = ModelRow(table_name(ref.variant, engine_dir.name), ref.variant, kind)
                 self.rows[src] = row
         if ref.kind and ref.kind != row.kind:
@@ -290,11 +286,11 @@ def plan_cases(rows: Sequence[ModelRow], backends: Sequence[str], *,
             if backend == TORCH:
                 has_source = row.run_dir is not None or any(e.source_checkpoint for e in row.engines)
                 if has_source:
-                    fp32 = next((e for e in row.engines if e.precision == "fp32"), None)
+                    fp32 = next((e for e in row.engines if e.precision == Precision.FP32), None)
                     engine = None if row.run_dir is not None else (fp32 or row.engines[0])
-                    cases.append(Case(row, TORCH, "fp32", engine, "torch fp32"))
+                    cases.append(Case(row, TORCH, Precision.FP32, engine, "torch fp32"))
                 else:
-                    skips.append(Skip(row.name, TORCH, "fp32", "no run folder or source checkpoint recorded in the "
+                    skips.append(Skip(row.name, TORCH, Precision.FP32, "no run folder or source checkpoint recorded in the "
                                                                "engine manifest, so there is no PyTorch model"))
                 continue
             if backend == TENSORRT and tensorrt_unavailable is not None:

@@ -17,13 +17,12 @@ the folder without ``manifest.json`` (``manifest.rejected.json`` keeps the numbe
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,23 @@ from defectnet.engine_build.accuracy import Tolerances
 from defectnet.engine_build.tensorrt import DEFAULT_WORKSPACE_GB, ShapeProfile
 from defectnet.errors import ConfigError, EngineError
 from defectnet.runtime.engine import GRAPH_FILES, MANIFEST_FILE, Engine, load_engine, sha256_file
+from defectnet.runtime.manifest import (
+    Accuracy,
+    BuildInfo,
+    GraphEntry,
+    Manifest,
+    Quantization,
+    TensorRtCheck,
+    TensorRtPlans,
+    write_manifest,
+)
+from defectnet.runtime.types import BackendName, Precision
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS: tuple[Precision, ...] = tuple(Precision)
+#: The backends an engine folder is built for (torch runs the checkpoint, not a build).
+ENGINE_BACKENDS: tuple[BackendName, ...] = (BackendName.ONNXRUNTIME, BackendName.TENSORRT)
 REJECTED_MANIFEST = "manifest.rejected.json"
 BUILD_TOOL = "defectnet-build-engine"
 
@@ -57,8 +68,8 @@ class BuildOptions:
     percentile 99.99 for the detector).
     """
 
-    precision: str = "fp32"
-    backend: str = "onnxruntime"
+    precision: Precision = Precision.FP32
+    backend: BackendName = BackendName.ONNXRUNTIME
     data_dir: Path | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
     calibration: CalibrationSettings | Mapping[str, CalibrationSettings] = field(
@@ -73,27 +84,31 @@ class BuildOptions:
     progress: bool = False
     log: Callable[[str], None] = field(default=log.info)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.backend not in ENGINE_BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(ENGINE_BACKENDS)}")
-        if self.precision == "fp16" and self.backend == "onnxruntime":
+        self.precision, self.backend = Precision(self.precision), BackendName(self.backend)
+
+    def validate(self) -> None:
+        """The combinations a build cannot make (the values themselves are checked on creation)."""
+        if self.precision == Precision.FP16 and self.backend == BackendName.ONNXRUNTIME:
             raise ConfigError("--fp16 builds graphs for TensorRT (strongly typed FP16 with float32 islands); ONNX "
                               "Runtime's CPU provider has few FP16 kernels. Use --int8 for a faster CPU engine, or "
                               "--fp16 --backend tensorrt on an NVIDIA GPU")
-        if self.precision in ("int8", "fp16") and self.data_dir is None:
+        if self.precision in (Precision.INT8, Precision.FP16) and self.data_dir is None:
             raise ConfigError(f"--{self.precision} needs --data DIR: the train split calibrates, the test split "
                               "feeds the accuracy gate")
 
 
-def default_out(source: Path, precision: str, backend: str) -> Path:
+def default_out(source: Path, precision: Precision | str, backend: BackendName | str) -> Path:
     """``<exported>-<precision>`` (+ ``-tensorrt``) beside the exported folder."""
-    return source.parent / (f"{source.name}-{precision}" + ("-tensorrt" if backend == "tensorrt" else ""))
+    return source.parent / (f"{source.name}-{precision}" + ("-tensorrt" if backend == BackendName.TENSORRT else ""))
 
 
-def _graph_entry(path: Path, old: dict[str, Any]) -> dict[str, Any]:
-    return {**old, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def _graph_entry(path: Path, old: GraphEntry) -> GraphEntry:
+    return replace(old, file=path.name, sha256=sha256_file(path), size=path.stat().st_size)
 
 
 def _install(src: Path, dst: Path) -> Path:
@@ -140,7 +155,7 @@ def _int8(src: Engine, prepared: dict[str, Path], options: BuildOptions, tmp: Pa
     for note in calib.notes:
         options.log(f"note: {note}")
     flavours = [tensorrt_flavour(), onnxruntime_flavour()]
-    sources = {g: str(src.manifest["graphs"][g]["sha256"]) for g in prepared}
+    sources = {g: src.manifest.graphs[g].sha256 for g in prepared}
     cal = calibrate_engine(prepared, sources, calib, options.calibration, flavours,
                            gate_threshold=src.gate_threshold, cache=CalibrationCache(options.cache_dir),
                            workdir=tmp, threads=options.threads, log_fn=options.log)
@@ -207,8 +222,8 @@ def fp16_cpu_check(fp32: dict[str, Path], fp16: dict[str, Path], src: Engine, op
 
 
 # ----------------------------------------------------------------------------- TensorRT
-def _tensorrt_plans(src: Engine, out: Path, graph_files: dict[str, Path], precision: str,
-                    options: BuildOptions) -> dict[str, Any]:
+def _tensorrt_plans(src: Engine, out: Path, graph_files: dict[str, Path], precision: Precision,
+                    options: BuildOptions) -> TensorRtPlans:
     from defectnet.calibration.cache import default_cache_dir
     from defectnet.engine_build.tensorrt import build_plan, default_profile, timing_cache_path
     from defectnet.runtime.backends.trt import PLAN_SUFFIX, platform_info
@@ -228,13 +243,14 @@ def _tensorrt_plans(src: Engine, out: Path, graph_files: dict[str, Path], precis
                             workspace_gb=options.workspace_gb, log=options.log)
         engines[g] = {"file": plan.name, "sha256": sha256_file(plan), "bytes": plan.stat().st_size,
                       "header": header}
-    return {"engines": engines, "platform": platform, "profile": profile.to_dict(), "timing_cache": str(timing),
-            "network": "strongly typed (NetworkDefinitionCreationFlag.STRONGLY_TYPED); precision from the graph"}
+    return TensorRtPlans.from_json({
+        "engines": engines, "platform": platform, "profile": profile.to_dict(), "timing_cache": str(timing),
+        "network": "strongly typed (NetworkDefinitionCreationFlag.STRONGLY_TYPED); precision from the graph"})
 
 
 # ----------------------------------------------------------------------------- the build
 def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], options: BuildOptions
-                 ) -> dict[str, Any]:
+                 ) -> Manifest:
     """Build ``out`` from the exported float32 folder ``source`` (module docstring); returns
     the manifest. Raises EngineError when the accuracy gate fails."""
     from defectnet.calibration.prepare import GRAPH_OPTIMIZATION, optimize_basic
@@ -243,18 +259,16 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
     from defectnet.io import sha256_file as file_sha
 
     options.validate()
-    if options.backend == "tensorrt":  # fail before any work on a machine without TensorRT
+    if options.backend == BackendName.TENSORRT:  # fail before any work on a machine without TensorRT
         from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda()
     src = load_engine(source)
-    built = src.manifest.get("precision", "fp32") != "fp32" or src.manifest.get("backend", "onnxruntime") != \
-        "onnxruntime" or "build" in src.manifest
-    if built:
-        raise ConfigError(f"{src.root} is already a built engine ({src.manifest.get('precision')}, "
-                          f"{src.manifest.get('backend')}); build from the exported float32 folder "
-                          f"({src.manifest.get('build', {}).get('source_engine', 'defectnet-export --out DIR')})")
+    if src.manifest.is_built:
+        origin = src.manifest.build.source_engine if src.manifest.build else "defectnet-export --out DIR"
+        raise ConfigError(f"{src.root} is already a built engine ({src.manifest.precision}, "
+                          f"{src.manifest.backend}); build from the exported float32 folder ({origin})")
     out = Path(out)
     if out.resolve() == src.root.resolve():
         raise ConfigError(f"--out {out} is the exported folder itself; pick another folder (default: "
@@ -264,17 +278,16 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
         (out / stale).unlink(missing_ok=True)  # not a valid engine until the gate passes
     for leftover in [*out.glob("*.int8-*.onnx"), *out.glob("*.plan")]:
         leftover.unlink()  # artefacts of an earlier build into this folder
-    manifest: dict[str, Any] = json.loads(json.dumps(src.manifest))
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp_name:
         tmp = Path(tmp_name)
         options.log(f"optimising the float32 graphs of {src.root} (onnxruntime basic level) ...")
         prepared = {g: optimize_basic(p, tmp / f"{g}.fp32.onnx") for g, p in src.graphs.items()}
         block: dict[str, Any] = {}
         extra_files: dict[str, Path] = {}
-        if options.precision == "int8":
+        if options.precision == Precision.INT8:
             flavour_files, block = _int8(src, prepared, options, tmp)
-            main = "onnxruntime" if options.backend == "onnxruntime" else "tensorrt"
-            other = "tensorrt" if main == "onnxruntime" else "onnxruntime"
+            main = options.backend  # the flavour the main graphs get
+            other = BackendName.TENSORRT if main == BackendName.ONNXRUNTIME else BackendName.ONNXRUNTIME
             graph_files = flavour_files[main]
             extra_files = dict(flavour_files[other])
             block["flavour"] = main
@@ -282,54 +295,51 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
                 name = f"{Path(GRAPH_FILES[g]).stem}.int8-{other}.onnx"
                 dst = _install(p, out / name)
                 block["flavours"][other]["graphs"][g].update(file=name, sha256=file_sha(dst))
-        elif options.precision == "fp16":
+        elif options.precision == Precision.FP16:
             graph_files, block = _fp16(src, prepared, options, tmp)
         else:
             graph_files = prepared
+        graphs = dict(src.manifest.graphs)
         for g, p in graph_files.items():
             dst = _install(p, out / GRAPH_FILES[g])
-            manifest["graphs"][g] = _graph_entry(dst, manifest["graphs"][g])
-            if options.precision == "int8":
+            graphs[g] = _graph_entry(dst, graphs[g])
+            if options.precision == Precision.INT8:
                 entry = block["flavours"][block["flavour"]]["graphs"][g]
-                entry.update(file=dst.name, sha256=manifest["graphs"][g]["sha256"])
-        trt_inputs = ({g: out / block["flavours"]["tensorrt"]["graphs"][g]["file"] for g in graph_files}
-                      if options.precision == "int8" else {g: out / GRAPH_FILES[g] for g in graph_files})
-        manifest["tensorrt_check"] = check_graphs(trt_inputs)
-        if options.backend == "tensorrt" and not manifest["tensorrt_check"]["supported"]:
-            problems = [p for r in manifest["tensorrt_check"]["graphs"].values() for p in r["problems"]]
-            raise EngineError(f"TensorRT's ONNX parser will not take these graphs: {'; '.join(problems[:5])}; "
+                entry.update(file=dst.name, sha256=graphs[g].sha256)
+        trt_inputs = ({g: out / block["flavours"][BackendName.TENSORRT]["graphs"][g]["file"] for g in graph_files}
+                      if options.precision == Precision.INT8 else {g: out / GRAPH_FILES[g] for g in graph_files})
+        trt_check = TensorRtCheck.from_json(check_graphs(trt_inputs))
+        if options.backend == BackendName.TENSORRT and not trt_check.supported:
+            raise EngineError(f"TensorRT's ONNX parser will not take these graphs: "
+                              f"{'; '.join(trt_check.problems[:5])}; "
                               "re-export with defectnet-export (the exporter avoids these patterns)")
-        manifest.update({
-            "precision": options.precision, "backend": options.backend, "verification": None,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "versions": library_versions(),
-            "build": {"tool": BUILD_TOOL, "source_engine": str(src.root.resolve()),
-                      "source_graphs_sha256": {g: src.manifest["graphs"][g]["sha256"] for g in src.graphs},
-                      "source_verified": bool(src.manifest.get("verification")),
-                      "graph_optimization": GRAPH_OPTIMIZATION,
-                      "calibration_threads": options.threads or "onnxruntime default"},
-        })
-        if options.precision == "int8":
-            manifest["quantization"] = block
-        elif options.precision == "fp16":
-            manifest["fp16"] = block
-        if options.backend == "tensorrt":
-            manifest["tensorrt"] = _tensorrt_plans(src, out, {g: out / GRAPH_FILES[g] for g in graph_files},
-                                                   options.precision, options)
+        extra = {**src.manifest.extra, "versions": library_versions()}
+        if options.precision == Precision.FP16:
+            extra["fp16"] = block
+        manifest = replace(
+            src.manifest, graphs=graphs, precision=options.precision, backend=options.backend, verification=None,
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), tensorrt_check=trt_check,
+            build=BuildInfo(BUILD_TOOL, str(src.root.resolve()), {g: src.manifest.graphs[g].sha256 for g in src.graphs},
+                            src.manifest.verification is not None and src.manifest.verification.passed,
+                            {"graph_optimization": GRAPH_OPTIMIZATION,
+                             "calibration_threads": options.threads or "onnxruntime default"}),
+            quantization=Quantization.from_json(block) if options.precision == Precision.INT8 else None,
+            tensorrt=(_tensorrt_plans(src, out, {g: out / GRAPH_FILES[g] for g in graph_files}, options.precision,
+                                      options) if options.backend == BackendName.TENSORRT else None),
+            extra=extra)
     return _accuracy_gate(src, out, manifest, options)
 
 
-def _accuracy_gate(src: Engine, out: Path, manifest: dict[str, Any], options: BuildOptions) -> dict[str, Any]:
+def _accuracy_gate(src: Engine, out: Path, manifest: Manifest, options: BuildOptions) -> Manifest:
     from defectnet.engine_build.accuracy import compare, gate_error, reference_result
     from defectnet.evaluation.evaluate import evaluate_engine
-    from defectnet.io import atomic_write_json
 
     if options.data_dir is None:
-        manifest["accuracy"] = {"passed": None, "skipped": "no --data: the accuracy gate needs a test split"}
+        manifest = replace(manifest, accuracy=Accuracy(None, skipped="no --data: the accuracy gate needs a test split"))
         options.log("warning: no --data, so the accuracy gate was skipped (the manifest records it)")
-        atomic_write_json(out / MANIFEST_FILE, manifest)
+        write_manifest(out, manifest)
         return manifest
-    atomic_write_json(out / MANIFEST_FILE, manifest)  # evaluate_engine loads the folder
+    write_manifest(out, manifest)  # evaluate_engine loads the folder
     try:
         options.log(f"accuracy gate: evaluating the float32 reference on the test split of {options.data_dir} ...")
         reference, described = reference_result(src.root, options.data_dir, progress=options.progress)
@@ -340,16 +350,16 @@ def _accuracy_gate(src: Engine, out: Path, manifest: dict[str, Any], options: Bu
         raise
     report = compare(reference, candidate, options.tolerances)
     report["reference_source"] = described
-    manifest["accuracy"] = report
+    manifest = replace(manifest, accuracy=Accuracy.from_json(report))
     if not report["passed"]:
-        atomic_write_json(out / REJECTED_MANIFEST, manifest)
+        write_manifest(out, manifest, REJECTED_MANIFEST)
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         hint = ("Try another --calib-method (minmax, entropy, percentile; the best one differs between models), "
                 "a larger --calib-size, or loosen the tolerance "
                 "(--max-map-drop / --max-ap50-drop / --max-f1-drop / --max-recall-drop)"
-                if options.precision == "int8" else "Report the numbers; loosen the tolerance only knowingly")
+                if options.precision == Precision.INT8 else "Report the numbers; loosen the tolerance only knowingly")
         raise gate_error(report, out, options.precision, hint)
-    atomic_write_json(out / MANIFEST_FILE, manifest)
+    write_manifest(out, manifest)
     for line in report["summary"]:
         options.log(f"  {line}")
     return manifest

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import click
 
+from defectnet.engine_build.build import ENGINE_BACKENDS
 from defectnet.errors import DefectNetError
+from defectnet.runtime.types import BackendName, Precision
 
 
-def _default_backend() -> str:
+def _default_backend() -> BackendName:
     from defectnet.runtime.backends.trt import tensorrt_available
 
-    return "tensorrt" if tensorrt_available() else "onnxruntime"
+    return BackendName.TENSORRT if tensorrt_available() else BackendName.ONNXRUNTIME
 
 
 def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None, engine: Path | None,
@@ -51,8 +53,8 @@ def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None,
     target = (path if path.is_dir() else path.parent) / "engine"
     try:
         current = load_engine(target)
-        recorded = current.manifest.get("source", {}).get("weights_sha256", {})
-        if sorted(recorded.values()) == sorted(source.weights.values()) and "build" not in current.manifest:
+        recorded = current.manifest.source.weights_sha256 if current.manifest.source is not None else {}
+        if sorted(recorded.values()) == sorted(source.weights.values()) and not current.manifest.is_built:
             click.echo(f"using the exported folder {target} (same weights)")
             return target
     except EngineError:
@@ -65,10 +67,11 @@ def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None,
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--fp16", "precision", flag_value="fp16", help="FP16 graph with float32 islands (TensorRT).")
-@click.option("--int8", "precision", flag_value="int8", help="INT8 Q/DQ graphs from one calibration.")
-@click.option("--fp32", "precision", flag_value="fp32", default=True, help="Float32, graph-optimised [default].")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+@click.option("--fp16", "precision", flag_value=Precision.FP16.value, help="FP16 graph with float32 islands (TensorRT).")
+@click.option("--int8", "precision", flag_value=Precision.INT8.value, help="INT8 Q/DQ graphs from one calibration.")
+@click.option("--fp32", "precision", flag_value=Precision.FP32.value, default=True,
+              help="Float32, graph-optimised [default].")
+@click.option("--backend", type=click.Choice([b.value for b in ENGINE_BACKENDS]), default=None,
               help="Engine backend [default: tensorrt when TensorRT and a GPU are available, else onnxruntime].")
 @click.option("--model", default=None, help="Run name under --runs-dir (exported first).")
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
@@ -130,22 +133,22 @@ def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path
 
     if sum(x is not None for x in (model, checkpoint, engine_dir)) != 1:
         raise click.UsageError("pass exactly one of --model NAME, --checkpoint PATH or --engine EXPORTED_DIR")
-    backend = backend or _default_backend()
-    if backend == "tensorrt":  # fail at once, before exporting or calibrating anything
+    target = BackendName(backend) if backend else _default_backend()
+    if target == BackendName.TENSORRT:  # fail at once, before exporting or calibrating anything
         from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda()
     profile = None
     if min_shape or opt_shape or max_shape:
-        if backend != "tensorrt":
+        if target != BackendName.TENSORRT:
             raise click.UsageError("--min-shape/--opt-shape/--max-shape are TensorRT optimisation profiles; add "
                                    "--backend tensorrt (ONNX Runtime takes any shape)")
         if not (min_shape and opt_shape and max_shape):
             raise click.UsageError("give all three of --min-shape, --opt-shape and --max-shape (BxHxW each)")
         profile = ShapeProfile(parse_shape(min_shape), parse_shape(opt_shape), parse_shape(max_shape))
     options = BuildOptions(
-        precision=precision, backend=backend, data_dir=data_dir, calib_size=calib_size,
+        precision=Precision(precision), backend=target, data_dir=data_dir, calib_size=calib_size,
         calibration=(CalibrationSettings(method=calib_method, percentile=percentile) if calib_method
                      else recommended_settings(percentile)), seed=calib_seed,
         cache_dir=None if no_calib_cache else (calib_cache or default_cache_dir()),
@@ -154,14 +157,15 @@ def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path
         log=click.echo)
     options.validate()
     source = _exported_source(model, runs_dir, checkpoint, engine_dir, data_dir)
-    out = out or default_out(source, precision, backend)
-    click.echo(f"building a {precision} {backend} engine from {source} into {out} ...")
+    out = out or default_out(source, options.precision, options.backend)
+    click.echo(f"building a {options.precision} {options.backend} engine from {source} into {out} ...")
     manifest = build_engine(source, out, options)
-    acc = manifest.get("accuracy") or {}
-    gate = "passed" if acc.get("passed") else ("skipped" if acc.get("passed") is None else "failed")
-    eng, ref = acc.get("engine") or {}, acc.get("reference") or {}
-    if eng.get("att_ms") and ref.get("att_ms"):
-        click.echo(f"  ATT {eng['att_ms']:.1f} ms ({backend}, {precision}) vs {ref['att_ms']:.1f} ms (reference)")
-    files = ", ".join(g["file"] for g in manifest["graphs"].values())
-    plans = ", ".join(e["file"] for e in (manifest.get("tensorrt") or {}).get("engines", {}).values())
+    acc = manifest.accuracy
+    passed = acc.passed if acc is not None else None
+    gate = "passed" if passed else ("skipped" if passed is None else "failed")
+    if acc is not None and acc.engine_att_ms and acc.reference_att_ms:
+        click.echo(f"  ATT {acc.engine_att_ms:.1f} ms ({options.backend}, {options.precision}) vs "
+                   f"{acc.reference_att_ms:.1f} ms (reference)")
+    files = ", ".join(g.file for g in manifest.graphs.values())
+    plans = ", ".join(e.file for e in manifest.tensorrt.engines.values()) if manifest.tensorrt else ""
     click.echo(f"wrote {out} ({files}{', ' + plans if plans else ''}, manifest.json); accuracy gate {gate}")

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,18 @@ import click
 import numpy as np
 
 from defectnet.errors import ConfigError, DataError, DefectNetError, EngineError
-from defectnet.io import atomic_write_json, sha256_file
+from defectnet.io import sha256_file
 from defectnet.runtime.backends import BACKENDS
 from defectnet.runtime.engine import (
     CLASSIFIER,
     GATE,
-    KIND_ONE_MODEL,
-    KIND_TWO_MODEL,
     MANIFEST_FILE,
     engine_from_manifest,
     load_engine,
     read_manifest,
 )
-
-CALIBRATION_KEY = "gate_calibration"
+from defectnet.runtime.manifest import GateCalibration, Manifest, write_manifest
+from defectnet.runtime.types import BackendName, EngineKind
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def threshold_for_recall(p_defective: Sequence[float] | np.ndarray, is_defective
 
 
 def gate_probabilities(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
-                       split: str = "test", backend: str = "onnxruntime", progress: bool = True
+                       split: str = "test", backend: str = BackendName.ONNXRUNTIME, progress: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, Any]:
     """P(defective) float64 ``[N]`` and ground truth bool ``[N]`` of every image of the split
     (batch 1), and the dataset."""
@@ -114,7 +112,7 @@ def gate_probabilities(engine_dir: str | os.PathLike[str], data_dir: str | os.Pa
     from defectnet.runtime.pipeline import Pipeline
 
     engine = load_engine(engine_dir)
-    if engine.kind == KIND_ONE_MODEL:
+    if engine.kind == EngineKind.ONE_MODEL:
         raise EngineError(f"engine {engine_dir} is a one-model engine: it has no gate (P = 1 for every image), so "
                           "there is no threshold to calibrate")
     dataset = load_split(Path(data_dir), split, scale=engine.preprocessor.scale, train=False)
@@ -134,21 +132,21 @@ def gate_probabilities(engine_dir: str | os.PathLike[str], data_dir: str | os.Pa
 
 
 def write_operating_point(engine_dir: str | os.PathLike[str], point: OperatingPoint,
-                          provenance: dict[str, Any]) -> dict[str, Any]:
+                          provenance: dict[str, Any]) -> Manifest:
     """Store ``point.threshold`` as the engine's gate_threshold (+ the calibration block) in
     manifest.json, atomically; the new manifest is validated before it replaces the old."""
     root = Path(engine_dir)
     manifest = read_manifest(root)
-    block = {**point.to_json(), **provenance, "previous_threshold": manifest.get("gate_threshold"),
+    block = {**point.to_json(), **provenance, "previous_threshold": manifest.gate_threshold,
              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    updated = {**manifest, "gate_threshold": point.threshold, CALIBRATION_KEY: block}
+    updated = replace(manifest, gate_threshold=point.threshold, gate_calibration=GateCalibration.from_json(block))
     engine_from_manifest(root, updated, check_hashes=False)  # still a valid engine
-    atomic_write_json(root / MANIFEST_FILE, updated)
+    write_manifest(root, updated)
     return updated
 
 
 def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
-                   split: str = "test", target_recall: float = 0.995, backend: str = "onnxruntime",
+                   split: str = "test", target_recall: float = 0.995, backend: str = BackendName.ONNXRUNTIME,
                    write: bool = True, progress: bool = True) -> OperatingPoint:
     """Compute P on the split, choose the operating point and (``write``) store it."""
     if not 0.0 < target_recall <= 1.0:
@@ -157,11 +155,11 @@ def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLi
     point = threshold_for_recall(p, truth, target_recall)
     if write:
         engine = load_engine(engine_dir, check_hashes=False)
-        graph = CLASSIFIER if engine.kind == KIND_TWO_MODEL else GATE
+        graph = CLASSIFIER if engine.kind == EngineKind.TWO_MODEL else GATE
         provenance = {
             "data": str(Path(data_dir).resolve()), "split": split, "annotations": str(dataset.ann_file),
             "annotations_sha256": sha256_file(dataset.ann_file), "backend": backend,
-            "batch_size": 1, "p_graph": graph, "p_graph_sha256": engine.manifest["graphs"][graph]["sha256"],
+            "batch_size": 1, "p_graph": graph, "p_graph_sha256": engine.manifest.graphs[graph].sha256,
             "rule": "largest threshold with recall(P >= threshold) >= target_recall on the defective images",
         }
         write_operating_point(engine_dir, point, provenance)
@@ -176,7 +174,7 @@ def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLi
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--target-recall", default=0.995, show_default=True, type=float,
               help="Defective-image recall the gate must keep on this split.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.ONNXRUNTIME.value, show_default=True,
               help="onnxruntime: the engine's FP32 graphs; torch: the checkpoint it was exported from.")
 @click.option("--dry-run", is_flag=True, help="Print the operating point; do not change the manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

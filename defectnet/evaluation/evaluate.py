@@ -281,6 +281,7 @@ def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathL
     engine's preprocessing scale or at ``scale`` (the graphs take any size)."""
     from defectnet.data.coco import load_split
     from defectnet.runtime import Pipeline, load_engine
+    from defectnet.runtime.types import EngineKind
 
     engine = load_engine(engine_dir)
     pipeline = Pipeline.from_engine(engine, backend)
@@ -290,10 +291,10 @@ def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathL
                         f"{list(dataset.class_names)}; evaluate on the data set the model was trained on")
     from defectnet.train.config import Variant
 
-    variant = str(engine.manifest.get("variant", ""))
+    variant = engine.manifest.variant
     name = Variant(variant).table_name if variant in set(Variant) else engine.kind
     result = evaluate(pipeline, dataset, name=f"{name} [{backend}]", warmup=warmup, att_one_ms=att_one_ms,
-                      gate_threshold=gate_threshold, has_gate=engine.kind != "one-model", progress=progress,
+                      gate_threshold=gate_threshold, has_gate=engine.kind != EngineKind.ONE_MODEL, progress=progress,
                       remark=f"engine {Path(engine_dir).name}, {backend}")
     result.run_dir = str(Path(engine_dir))
     result.split = split

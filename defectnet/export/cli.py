@@ -13,11 +13,16 @@ synthetic ones) and fails with a non-zero exit when it does not pass.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from defectnet.errors import DefectNetError, ExportError
+
+if TYPE_CHECKING:
+    from defectnet.runtime.manifest import Manifest
 
 
 def _source_path(model: str | None, runs_dir: Path, checkpoint: Path | None) -> Path | None:
@@ -36,20 +41,19 @@ def _source_path(model: str | None, runs_dir: Path, checkpoint: Path | None) -> 
     return None
 
 
-def _print_report(manifest: dict) -> None:
-    v = manifest.get("verification") or {}
-    for r in v.get("runs", []):
+def _print_report(manifest: Manifest) -> None:
+    runs = manifest.verification.runs if manifest.verification is not None else ()
+    for r in runs:
         click.echo(f"  parity at {r['input_size'][0]}x{r['input_size'][1]} (batch {r['batch']}): "
                    f"|dP| {r['p_max_abs_diff']:.2g}, detections torch {r['torch']} / onnx {r['onnx']}, "
                    f"matched {r['matched']}, |dscore| {r['score_max_abs_diff']:.2g}, "
                    f"|dbox| {r['box_max_abs_diff']:.2g} px")
-    trt = manifest.get("tensorrt_check") or {}
-    if trt:
-        state = "all ops supported" if trt.get("supported") else "PROBLEMS"
-        click.echo(f"  TensorRT {trt.get('tensorrt_version')} parser check: {state}")
-        for g in trt.get("graphs", {}).values():
-            for p in g.get("problems", []):
-                click.echo(f"    {g['graph']}: {p}")
+    trt = manifest.tensorrt_check
+    if trt is not None:
+        state = "all ops supported" if trt.supported else "PROBLEMS"
+        click.echo(f"  TensorRT {trt.tensorrt_version} parser check: {state}")
+        for problem in trt.problems:
+            click.echo(f"    {problem}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -80,9 +84,9 @@ def _main(model: str | None, runs_dir: Path, checkpoint: Path | None, out: Path 
           opset: int, no_verify: bool, verify_only: bool, engine_dir: Path | None) -> None:
     from defectnet.export.exporter import export_engine
     from defectnet.export.verify import dataset_images, verify_engine_dir
-    from defectnet.io import atomic_write_json
     from defectnet.model_source import load_source, load_source_from_manifest
     from defectnet.runtime.engine import MANIFEST_FILE, load_engine
+    from defectnet.runtime.manifest import Verification, write_manifest
 
     path = _source_path(model, runs_dir, checkpoint)
     images = dataset_images(data_dir) if data_dir else None
@@ -91,14 +95,13 @@ def _main(model: str | None, runs_dir: Path, checkpoint: Path | None, out: Path 
         if engine_dir is None:
             raise click.UsageError("--verify-only needs --engine DIR")
         engine = load_engine(engine_dir)
-        manifest = dict(engine.manifest)
-        source = load_source(path) if path else load_source_from_manifest(manifest, engine.root)
+        source = load_source(path) if path else load_source_from_manifest(engine.manifest, engine.root)
         source.scale = tuple(engine.preprocessor.scale)  # type: ignore[assignment]
         source.size_divisor = engine.preprocessor.size_divisor
         click.echo(f"verifying {engine_dir} against {source.checkpoint} ...")
-        manifest["verification"] = verify_engine_dir(engine_dir, manifest, source, images=images,
-                                                     image_source=image_source)
-        atomic_write_json(Path(engine_dir) / MANIFEST_FILE, manifest)
+        report = verify_engine_dir(engine_dir, engine.manifest, source, images=images, image_source=image_source)
+        manifest = replace(engine.manifest, verification=Verification.from_json(report))
+        write_manifest(engine_dir, manifest)
         _print_report(manifest)
         click.echo("parity check passed")
         return
@@ -113,4 +116,4 @@ def _main(model: str | None, runs_dir: Path, checkpoint: Path | None, out: Path 
     manifest = export_engine(source, out, opset=opset, verify=not no_verify, images=images,
                              image_source=image_source)
     _print_report(manifest)
-    click.echo(f"wrote {out} ({', '.join(g['file'] for g in manifest['graphs'].values())}, {MANIFEST_FILE})")
+    click.echo(f"wrote {out} ({', '.join(g.file for g in manifest.graphs.values())}, {MANIFEST_FILE})")

@@ -19,6 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from defectnet.data.transforms import PAD_VALUE, PIXEL_MEAN, PIXEL_STD
 from defectnet.errors import ExportError
 from defectnet.export.graphs import ClassifierGraph, DetectorGraph, GateGraph
 from defectnet.export.trt_ops import check_graphs
-from defectnet.io import atomic_write_bytes, atomic_write_json
+from defectnet.io import atomic_write_bytes
 from defectnet.model_source import ModelSource
 from defectnet.runtime.engine import (
     CLASSIFIER,
@@ -38,7 +39,6 @@ from defectnet.runtime.engine import (
     DETECTOR,
     DETECTOR_INPUTS,
     DETECTOR_OUTPUTS,
-    ENGINE_FORMAT,
     FEATURE_NAMES,
     GATE,
     GATE_OUTPUTS,
@@ -48,6 +48,15 @@ from defectnet.runtime.engine import (
     SCHEMA_VERSION,
     sha256_file,
 )
+from defectnet.runtime.manifest import (
+    GraphEntry,
+    Manifest,
+    Preprocessing,
+    TensorRtCheck,
+    Verification,
+    write_manifest,
+)
+from defectnet.runtime.types import EngineKind
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +80,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def preprocessing_block(source: ModelSource) -> dict[str, Any]:
+def preprocessing_block(source: ModelSource) -> Preprocessing:
     """What a runtime must do before the gate graph (and what the graph does itself)."""
-    return {"scale": list(source.scale), "size_divisor": source.size_divisor, "pad_value": list(PAD_VALUE),
-            "resize": "keep-ratio, long side <= max(scale), short side <= min(scale), antialiased",
-            "input": "uint8 RGB [B, 3, H, W], top-left aligned, padded bottom/right to multiples of size_divisor",
-            "normalisation_in_graph": {"mean": list(PIXEL_MEAN), "std": list(PIXEL_STD)},
-            "boxes": "model-input pixels of the resized image; divide by the scale factor for original pixels"}
+    return Preprocessing((int(source.scale[0]), int(source.scale[1])), source.size_divisor, {
+        "pad_value": list(PAD_VALUE),
+        "resize": "keep-ratio, long side <= max(scale), short side <= min(scale), antialiased",
+        "input": "uint8 RGB [B, 3, H, W], top-left aligned, padded bottom/right to multiples of size_divisor",
+        "normalisation_in_graph": {"mean": list(PIXEL_MEAN), "std": list(PIXEL_STD)},
+        "boxes": "model-input pixels of the resized image; divide by the scale factor for original pixels"})
 
 
 def _dynamic(names: Sequence[str], axes: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
@@ -135,9 +145,9 @@ def export_graphs(source: ModelSource, out: Path, opset: int = DEFAULT_OPSET) ->
         raise ExportError(f"opset {opset} is too old: RoiAlign with output_half_pixel needs opset >= 16 and the "
                           "engine format uses 17; pass --opset 17")
     meta = {
-        "schema_version": str(SCHEMA_VERSION), "kind": source.kind,
+        "schema_version": str(SCHEMA_VERSION), "kind": source.kind.value,
         "class_names": json.dumps(source.class_names, ensure_ascii=False),
-        "preprocessing": json.dumps(preprocessing_block(source)),
+        "preprocessing": json.dumps(preprocessing_block(source).to_json()),
         "gate_threshold": repr(source.gate_threshold),
         "source_checkpoint_sha256": json.dumps(source.weights),
         "versions": json.dumps(library_versions()),
@@ -179,40 +189,36 @@ def export_graphs(source: ModelSource, out: Path, opset: int = DEFAULT_OPSET) ->
     return paths
 
 
+#: The manifest's description of what produces P(defective), per kind.
+GATE_DESCRIPTIONS = {
+    EngineKind.DEFECTNET: "gate head: P(defective) = softmax(Linear(masked-avg-pool(C5)))[1]",
+    EngineKind.TWO_MODEL: "two-model: classifier.onnx gives P; gate.onnx is the gate-less backbone (P = 1)",
+    EngineKind.ONE_MODEL: "one-model: gate.onnx is the backbone only, P = 1 for every image",
+}
+
+
 def build_manifest(source: ModelSource, paths: dict[str, Path], opset: int, trt: dict[str, Any],
-                   verification: dict[str, Any] | None) -> dict[str, Any]:
+                   verification: dict[str, Any] | None) -> Manifest:
+    """The manifest of a fresh export of ``source`` (graphs ``paths``, TensorRT check ``trt``)."""
     cfg = source.detector.config
-    graphs = {}
     io_names = {GATE: (IMAGE_INPUTS, GATE_OUTPUTS), DETECTOR: (DETECTOR_INPUTS, DETECTOR_OUTPUTS),
                 CLASSIFIER: (IMAGE_INPUTS, CLASSIFIER_OUTPUTS)}
-    for name, path in paths.items():
-        inputs, outputs = io_names[name]
-        graphs[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                        "inputs": list(inputs), "outputs": list(outputs)}
-    return {
-        "format": ENGINE_FORMAT, "schema_version": SCHEMA_VERSION, "kind": source.kind,
-        "variant": source.variant,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "graphs": graphs,
-        "class_names": list(source.class_names),
-        "gate_threshold": source.gate_threshold,
-        "gate": ("gate head: P(defective) = softmax(Linear(masked-avg-pool(C5)))[1]" if source.kind == "defectnet"
-                 else "two-model: classifier.onnx gives P; gate.onnx is the gate-less backbone (P = 1)"
-                 if source.kind == "two-model" else "one-model: gate.onnx is the backbone only, P = 1 for every image"),
-        "detections_per_img": int(cfg.detections_per_img),
-        "score_thresh": float(cfg.score_thresh),
-        "preprocessing": preprocessing_block(source),
-        "source": source.provenance(),
-        "exporter": {"name": EXPORTER, "opset": opset},
-        "versions": library_versions(),
-        "tensorrt_check": trt,
-        "verification": verification,
-    }
+    graphs = {name: GraphEntry(path.name, sha256_file(path), path.stat().st_size, *io_names[name])
+              for name, path in paths.items()}
+    return Manifest(
+        kind=source.kind, variant=source.variant, graphs=graphs, class_names=tuple(source.class_names),
+        gate_threshold=source.gate_threshold, detections_per_img=int(cfg.detections_per_img),
+        score_thresh=float(cfg.score_thresh), preprocessing=preprocessing_block(source),
+        source=source.provenance(), created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        tensorrt_check=TensorRtCheck.from_json(trt),
+        verification=None if verification is None else Verification.from_json(verification),
+        extra={"gate": GATE_DESCRIPTIONS[source.kind], "exporter": {"name": EXPORTER, "opset": opset},
+               "versions": library_versions()})
 
 
 def export_engine(source: ModelSource, out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
                   verify: bool = True, images: list[Tensor] | None = None, image_source: str = "synthetic",
-                  tolerances: Any = None) -> dict[str, Any]:
+                  tolerances: Any = None) -> Manifest:
     """Export ``source`` to the engine folder ``out`` and return its manifest.
 
     Steps: graphs (+ metadata, onnx.checker), TensorRT parser check, parity verification
@@ -229,10 +235,9 @@ def export_engine(source: ModelSource, out: str | os.PathLike[str], *, opset: in
     paths = export_graphs(source, out, opset)
     trt = check_graphs(paths)
     manifest = build_manifest(source, paths, opset, trt, None)
-    verification = None
     if verify:
-        verification = verify_engine_dir(out, manifest, source, images=images, image_source=image_source,
-                                         tolerances=tolerances or Tolerances())
-        manifest["verification"] = verification
-    atomic_write_json(out / MANIFEST_FILE, manifest)
+        report = verify_engine_dir(out, manifest, source, images=images, image_source=image_source,
+                                   tolerances=tolerances or Tolerances())
+        manifest = replace(manifest, verification=Verification.from_json(report))
+    write_manifest(out, manifest)
     return manifest

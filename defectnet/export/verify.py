@@ -21,7 +21,6 @@ ExportError listing the numbers.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from defectnet.io import atomic_write_json
 from defectnet.model_source import ModelSource
 from defectnet.runtime.backends import BackendOptions, OnnxRuntimeBackend, RawDetections, make_backend
 from defectnet.runtime.engine import engine_from_manifest
+from defectnet.runtime.manifest import Manifest
 
 VERIFY_BATCH = 3
 SECOND_SCALE = 0.6  # the second verification scale, relative to the model's
@@ -165,7 +165,7 @@ def _scales(scale: tuple[int, int], divisor: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def verify_engine_dir(root: str | os.PathLike[str], manifest: Mapping[str, Any], source: ModelSource, *,
+def verify_engine_dir(root: str | os.PathLike[str], manifest: Manifest, source: ModelSource, *,
                       images: list[Tensor] | None = None, image_source: str = "synthetic",
                       tolerances: Tolerances | None = None, providers: str | list[str] | None = None
                       ) -> dict[str, Any]:

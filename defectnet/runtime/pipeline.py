@@ -26,10 +26,10 @@ from torch import Tensor
 from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import ConfigError
 from defectnet.runtime.backends import Backend, BackendOptions, RawDetections, make_backend
-from defectnet.runtime.engine import KIND_ONE_MODEL, KIND_TWO_MODEL, Engine, load_engine
+from defectnet.runtime.engine import Engine, load_engine
+from defectnet.runtime.types import EngineKind, Verdict
 from defectnet.structures import Detections, ImageBatch
 
-OK, NG = "OK", "NG"
 #: Stages timed per batch (milliseconds). ``model`` = everything but preprocessing: the
 #: part the seed's ATT measured.
 STAGES = ("preprocess", "classifier", "gate", "select", "detector", "postprocess")
@@ -43,7 +43,7 @@ class ImageResult:
     how many images did).
     """
 
-    verdict: str
+    verdict: Verdict
     p_defective: float
     ran_detector: bool
     boxes: Tensor
@@ -127,12 +127,14 @@ class Pipeline:
     which the detector runs (ignored by one-model engines, which always detect).
     """
 
-    def __init__(self, backend: Backend, *, kind: str, class_names: list[str] | tuple[str, ...],
+    def __init__(self, backend: Backend, *, kind: EngineKind | str, class_names: list[str] | tuple[str, ...],
                  gate_threshold: float, preprocessor: Preprocessor | None = None) -> None:
         if not gate_threshold >= 0.0:  # also rejects NaN; a value above 1 runs no detector
             raise ConfigError(f"gate_threshold must be a probability (>= 0), got {gate_threshold!r}")
+        if kind not in set(EngineKind):
+            raise ConfigError(f"unknown engine kind {kind!r}; use one of {', '.join(EngineKind)}")
         self.backend = backend
-        self.kind = kind
+        self.kind = EngineKind(kind)
         self.class_names = list(class_names)
         self.gate_threshold = float(gate_threshold)
         self.preprocessor = preprocessor or Preprocessor()
@@ -186,7 +188,7 @@ class Pipeline:
             for i, d in enumerate(dets):
                 boxes = boxes_to_original(d.boxes.clone(), batch.scale_factors[i], batch.original_sizes[i])
                 results.append(ImageResult(
-                    verdict=NG if len(d.scores) else OK, p_defective=d.p_defective, ran_detector=d.ran_detector,
+                    verdict=Verdict.NG if len(d.scores) else Verdict.OK, p_defective=d.p_defective, ran_detector=d.ran_detector,
                     boxes=boxes, scores=d.scores, labels=d.labels, class_names=self._names(d.labels),
                     original_size=batch.original_sizes[i], batch_size=len(batch)))
         for r in results:
@@ -215,16 +217,16 @@ class Pipeline:
         """P(defective) of the batch and the features of its gate-positive images."""
         n = int(images.shape[0])
         sizes = torch.tensor(image_sizes, dtype=torch.int64)
-        with timer("gate" if self.kind != KIND_TWO_MODEL else "classifier"):
-            if self.kind == KIND_TWO_MODEL:
+        with timer("gate" if self.kind != EngineKind.TWO_MODEL else "classifier"):
+            if self.kind == EngineKind.TWO_MODEL:
                 p = self.backend.run_classifier(images, sizes)
                 feats = None
             else:
                 p, feats = self.backend.run_gate(images, sizes)
-        run = torch.ones(n, dtype=torch.bool) if self.kind == KIND_ONE_MODEL else p >= threshold
+        run = torch.ones(n, dtype=torch.bool) if self.kind == EngineKind.ONE_MODEL else p >= threshold
         index = torch.where(run)[0]
         if index.numel():
-            if self.kind == KIND_TWO_MODEL:
+            if self.kind == EngineKind.TWO_MODEL:
                 with timer("gate"):
                     _, feats = self.backend.run_gate(images.index_select(0, index), sizes[index])
             else:

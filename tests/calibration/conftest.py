@@ -52,7 +52,7 @@ def quantized(tiny_engine: Engine, tiny_data: Path, prepared: dict[str, Path],
     tmp = tmp_path_factory.mktemp("qdq")
     calib = select_calibration_set(tiny_data, 8, scale=SCALE)
     flavours = [tensorrt_flavour(), onnxruntime_flavour()]
-    sources = {g: str(tiny_engine.manifest["graphs"][g]["sha256"]) for g in prepared}
+    sources = {g: tiny_engine.manifest.graphs[g].sha256 for g in prepared}
     cal = calibrate_engine(prepared, sources, calib, CalibrationSettings(), flavours,
                            gate_threshold=tiny_engine.gate_threshold, cache=CalibrationCache(None), workdir=tmp,
                            threads=2)

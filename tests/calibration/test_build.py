@@ -15,6 +15,8 @@ from defectnet.engine_build import BuildOptions, Tolerances, build_engine
 from defectnet.errors import ConfigError, EngineError
 from defectnet.runtime import Engine, Pipeline, load_engine
 from defectnet.runtime.engine import MANIFEST_FILE
+from defectnet.runtime.manifest import Manifest
+from defectnet.runtime.types import BackendName, Precision
 
 LOOSE = Tolerances(1.0, 1.0, 1.0, 1.0)  # a random-init model: the gate's mechanics are what is tested
 
@@ -30,26 +32,32 @@ def int8_engine(tiny_engine: Engine, tiny_data: Path, tmp_path_factory: pytest.T
 def test_int8_engine_folder_and_manifest(int8_engine: Path, tiny_engine: Engine) -> None:
     engine = load_engine(int8_engine)  # hashes of every graph checked
     m = engine.manifest
-    assert (m["precision"], m["backend"]) == ("int8", "onnxruntime")
-    q = m["quantization"]
-    assert q["flavour"] == "onnxruntime" and set(q["flavours"]) == {"tensorrt", "onnxruntime"}
-    assert "uint8" in q["flavours"]["onnxruntime"]["activations"]
-    assert q["flavours"]["tensorrt"]["bias"].startswith("float")
+    on_disk = json.loads((int8_engine / MANIFEST_FILE).read_text())
+    assert m.to_json() == on_disk and Manifest.from_json(on_disk) == m  # the typed manifest round-trips
+    assert (on_disk["precision"], on_disk["backend"]) == ("int8", "onnxruntime")
+    assert (m.precision, m.backend) == (Precision.INT8, BackendName.ONNXRUNTIME) and m.is_built
+    q = m.quantization
+    assert q is not None and q.flavour == "onnxruntime" and set(q.flavours) == {"tensorrt", "onnxruntime"}
+    assert "uint8" in q.flavours["onnxruntime"]["activations"]
+    assert q.flavours["tensorrt"]["bias"].startswith("float")
     for g in ("gate", "detector"):
-        trt_file = int8_engine / q["flavours"]["tensorrt"]["graphs"][g]["file"]
+        trt_file = int8_engine / q.flavours["tensorrt"]["graphs"][g]["file"]
         assert trt_file.is_file() and trt_file.name.endswith(".int8-tensorrt.onnx")
-        assert q["flavours"]["onnxruntime"]["graphs"][g]["file"] == f"{g}.onnx"
-        assert any(r["nodes"] for r in q["float_regions"][g])
-    cal = q["calibration"]
+        assert q.flavours["onnxruntime"]["graphs"][g]["file"] == f"{g}.onnx"
+        assert q.flavours["onnxruntime"]["graphs"][g]["sha256"] == m.graphs[g].sha256
+        assert any(r["nodes"] for r in q.extra["float_regions"][g])
+    cal = q.extra["calibration"]
     assert cal["method"] == {"gate": "minmax", "detector": "percentile"}
     assert cal["set"]["selected"] == 8 and cal["set"]["split"] == "train"
     assert cal["detector_images"]["images"] == 8 and cal["cache"]["key"]
-    assert m["tensorrt_check"]["supported"]  # the tensorrt flavour parses in TensorRT
-    assert m["build"]["source_graphs_sha256"]["gate"] == tiny_engine.manifest["graphs"]["gate"]["sha256"]
-    acc = m["accuracy"]
-    assert acc["passed"] and acc["split"] == "test" and "PyTorch" in acc["reference_source"]
+    assert m.tensorrt_check is not None and m.tensorrt_check.supported  # the tensorrt flavour parses in TensorRT
+    assert m.build is not None and m.build.source_engine == str(tiny_engine.root.resolve())
+    assert m.build.source_graphs_sha256["gate"] == tiny_engine.manifest.graphs["gate"].sha256
+    acc = m.accuracy
+    assert acc is not None and acc.passed and acc.extra["split"] == "test"
+    assert "PyTorch" in acc.extra["reference_source"]
     for key in ("mAP", "AP50", "F1", "gate_recall", "att_ms"):
-        assert key in acc["engine"] and key in acc["reference"]
+        assert key in acc.engine and key in acc.reference
 
 
 def test_int8_engine_runs_in_the_pipeline(int8_engine: Path, tiny_data: Path) -> None:
@@ -74,7 +82,11 @@ def test_failed_accuracy_gate_leaves_no_manifest(tiny_engine: Engine, tiny_data:
 
 def test_fp32_build_without_data_records_a_skipped_gate(tiny_engine: Engine, tmp_path: Path) -> None:
     m = build_engine(tiny_engine.root, tmp_path / "fp32", BuildOptions(log=lambda _: None))
-    assert m["precision"] == "fp32" and m["accuracy"]["passed"] is None
+    assert m.precision == "fp32" and m.backend == "onnxruntime" and m.accuracy is not None
+    assert m.accuracy.passed is None and m.accuracy.skipped
+    on_disk = json.loads((tmp_path / "fp32" / MANIFEST_FILE).read_text())
+    assert on_disk["accuracy"] == {"passed": None, "skipped": m.accuracy.skipped}
+    assert (on_disk["precision"], on_disk["backend"]) == ("fp32", "onnxruntime")
     assert load_engine(tmp_path / "fp32").graphs["gate"].name == "gate.onnx"
 
 

@@ -26,7 +26,7 @@ FLAVOURS = [tensorrt_flavour(), onnxruntime_flavour()]
 
 
 def _sources(engine: Engine, graphs: dict[str, Path]) -> dict[str, str]:
-    return {g: str(engine.manifest["graphs"][g]["sha256"]) for g in graphs}
+    return {g: engine.manifest.graphs[g].sha256 for g in graphs}
 
 
 def test_cache_hit_reuses_identical_ranges_and_misses_on_changes(tiny_engine: Engine, tiny_data: Path,

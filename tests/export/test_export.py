@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import onnx
 import pytest
@@ -16,16 +15,17 @@ from defectnet.export import export_engine, verify_engine_dir
 from defectnet.io import sha256_file
 from defectnet.model_source import ModelSource
 from defectnet.runtime import OnnxRuntimeBackend, load_engine
+from defectnet.runtime.manifest import Manifest
 
 
 def _meta(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]) -> None:
+def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ModelSource, Manifest]) -> None:
     out, source, manifest = defectnet_engine
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
+    assert on_disk == manifest.to_json()
     assert on_disk["format"] == "defectnet-engine" and on_disk["schema_version"] == 1
     assert on_disk["kind"] == "defectnet" and on_disk["class_names"] == CLASSES
     assert on_disk["gate_threshold"] == source.gate_threshold
@@ -60,10 +60,10 @@ def test_engine_folder_graphs_and_manifest(defectnet_engine: tuple[Path, ModelSo
     assert set(trt["graphs"]) == {"gate", "detector"}
 
 
-def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]) -> None:
-    report = defectnet_engine[2]["verification"]
-    assert report["passed"] and not report["failures"]
-    runs = report["runs"]
+def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ModelSource, Manifest]) -> None:
+    report = defectnet_engine[2].verification
+    assert report is not None and report.passed and not report.failures
+    runs = report.runs
     assert len({tuple(r["input_size"]) for r in runs}) == 2, "two different input sizes"
     for r in runs:
         assert r["batch"] == 3
@@ -74,7 +74,7 @@ def test_parity_two_sizes_batch3(defectnet_engine: tuple[Path, ModelSource, dict
         assert r["score_max_abs_diff"] <= 1e-3 and r["box_max_abs_diff"] <= 0.5
 
 
-def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]
+def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, ModelSource, Manifest]
                                                   ) -> None:
     """The 2nd and 3rd image of a batch get the same detections as when run alone (no NMS cross-talk)."""
     out, source, _ = defectnet_engine
@@ -95,8 +95,8 @@ def test_detector_graph_matches_pytorch_per_image(defectnet_engine: tuple[Path, 
 def test_one_model_baseline_exports_with_pass_through_gate(tmp_path: Path) -> None:
     source = ModelSource(tiny_model(1, with_gate=False), CLASSES, scale=SCALE)
     manifest = export_engine(source, tmp_path / "one")
-    assert manifest["kind"] == "one-model" and set(manifest["graphs"]) == {"gate", "detector"}
-    assert manifest["verification"]["passed"]
+    assert manifest.kind == "one-model" and set(manifest.graphs) == {"gate", "detector"}
+    assert manifest.verification is not None and manifest.verification.passed
     backend = OnnxRuntimeBackend(load_engine(tmp_path / "one"))
     p, _ = backend.run_gate(torch.zeros(2, 3, 64, 96, dtype=torch.uint8), torch.tensor([[64, 96], [40, 96]]))
     assert p.tolist() == [1.0, 1.0]
@@ -105,13 +105,14 @@ def test_one_model_baseline_exports_with_pass_through_gate(tmp_path: Path) -> No
 def test_two_model_baseline_exports_classifier(tmp_path: Path) -> None:
     source = ModelSource(tiny_two_model(), CLASSES, scale=SCALE)
     manifest = export_engine(source, tmp_path / "two")
-    assert manifest["kind"] == "two-model"
-    assert set(manifest["graphs"]) == {"classifier", "gate", "detector"}
-    assert manifest["verification"]["passed"] and manifest["tensorrt_check"]["supported"]
+    assert manifest.kind == "two-model"
+    assert set(manifest.graphs) == {"classifier", "gate", "detector"}
+    assert manifest.verification is not None and manifest.verification.passed
+    assert manifest.tensorrt_check is not None and manifest.tensorrt_check.supported
     assert {"RoiAlign"} <= {n.op_type for n in onnx.load(str(tmp_path / "two" / "classifier.onnx")).graph.node}
 
 
-def test_verification_fails_loudly_past_tolerance(defectnet_engine: tuple[Path, ModelSource, dict[str, Any]]
+def test_verification_fails_loudly_past_tolerance(defectnet_engine: tuple[Path, ModelSource, Manifest]
                                                   ) -> None:
     out, source, manifest = defectnet_engine
     changed = tiny_model()

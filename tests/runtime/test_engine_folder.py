@@ -77,7 +77,8 @@ def test_corrupt_graph_with_matching_hash_fails_at_load(tmp_path: Path, run_engi
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m.update(schema_version=99), "schema_version 99"),
+    (lambda m: m.update(schema_version=99), r"newer defectnet \(schema 99, this one reads 1\); upgrade defectnet"),
+    (lambda m: m.update(schema_version=0), r"older defectnet \(schema 0; .*re-export it with defectnet-export"),
     (lambda m: m.update(format="something-else"), "not a defectnet-engine manifest"),
     (lambda m: m.update(kind="three-model"), "unknown engine kind"),
     (lambda m: m["graphs"]["gate"].pop("sha256"), "lacks the gate graph entry"),

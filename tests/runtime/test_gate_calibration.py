@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +106,16 @@ def test_cli_writes_a_loadable_manifest(run_engine: Path, tmp_path: Path) -> Non
     expected = threshold_for_recall(p, truth, 0.75)
     assert after.gate_threshold == pytest.approx(expected.threshold, abs=1e-6)
     assert after.gate_threshold != before.gate_threshold
-    block = after.manifest["gate_calibration"]
-    assert block["target_recall"] == 0.75 and block["recall"] >= 0.75 and block["split"] == "test"
-    assert block["images"] == 8 and block["defective"] == 4 and block["previous_threshold"] == before.gate_threshold
-    assert block["data"] == str(data.resolve()) and len(block["annotations_sha256"]) == 64
-    assert block["pass_rate"] == pytest.approx(expected.pass_rate)
-    assert {k: v for k, v in after.manifest.items() if k not in ("gate_threshold", "gate_calibration")} == \
-        {k: v for k, v in before.manifest.items() if k != "gate_threshold"}
-    assert f"recall {block['recall']:.4f}" in result.output
+    block = after.manifest.gate_calibration
+    assert block is not None and block.threshold == after.gate_threshold
+    assert block.target_recall == 0.75 and block.recall >= 0.75 and block.split == "test"
+    assert block.extra["images"] == 8 and block.extra["defective"] == 4
+    assert block.previous_threshold == before.gate_threshold
+    assert block.extra["data"] == str(data.resolve()) and len(block.extra["annotations_sha256"]) == 64
+    assert block.pass_rate == pytest.approx(expected.pass_rate)
+    # nothing else changed
+    assert replace(after.manifest, gate_threshold=before.gate_threshold, gate_calibration=None) == before.manifest
+    assert f"recall {block.recall:.4f}" in result.output
     # the new threshold is what the runtime now uses
     assert Pipeline.from_engine(engine).gate_threshold == after.gate_threshold
 

@@ -61,10 +61,11 @@ from defectnet.errors import ConfigError, DefectNetError
 from defectnet.runtime.backends import BackendOptions
 from defectnet.runtime.engine import Engine
 from defectnet.runtime.inspection.metrics import InspectorMetrics, MetricsServer, serve_registry
-from defectnet.runtime.inspection.records import ERROR, InspectionResult, PostFilter
+from defectnet.runtime.inspection.records import InspectionResult, PostFilter
 from defectnet.runtime.inspection.review import ReviewConfig, ReviewWriter
 from defectnet.runtime.inspection.validation import InputError, InputLimits, Reason, describe, to_image
-from defectnet.runtime.pipeline import NG, OK, GatedBatch, ImageResult, Pipeline
+from defectnet.runtime.pipeline import GatedBatch, ImageResult, Pipeline
+from defectnet.runtime.types import Verdict
 
 log = logging.getLogger(__name__)
 DeadlinePolicy = Literal["report", "skip"]
@@ -395,7 +396,7 @@ class Inspector:
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             names = [n for n, k in zip(names, keep.tolist()) if k]
         result = InspectionResult(
-            key=frame.key, source=frame.source, sequence=frame.seq, verdict=NG if len(scores) else OK,
+            key=frame.key, source=frame.source, sequence=frame.seq, verdict=Verdict.NG if len(scores) else Verdict.OK,
             p_defective=r.p_defective, ran_detector=r.ran_detector, boxes=boxes, scores=scores, labels=labels,
             class_names=names, original_size=r.original_size, batch_size=r.batch_size,
             timings_ms=dict(r.timings_ms), suppressed=suppressed)
@@ -409,7 +410,7 @@ class Inspector:
     # -- records --------------------------------------------------------------------------------
     def _fail(self, frame: _Frame, reason: Reason, message: str) -> None:
         self._finish(frame, InspectionResult(key=frame.key, source=frame.source, sequence=frame.seq,
-                                             verdict=ERROR, reason=reason.value, message=message))
+                                             verdict=Verdict.ERROR, reason=reason.value, message=message))
 
     def _stamp(self, frame: _Frame, result: InspectionResult) -> InspectionResult:
         result.latency_ms = (time.perf_counter() - frame.t0) * 1e3
@@ -477,4 +478,4 @@ def _backend_message(frame: _Frame, e: Exception) -> str:
             "frames go on -- if it repeats for valid images, check the engine with defectnet-infer")
 
 
-__all__ = ["ERROR", "InspectionResult", "Inspector", "InspectorBusyError", "InspectorClosedError", "PostFilter"]
+__all__ = ["InspectionResult", "Inspector", "InspectorBusyError", "InspectorClosedError", "PostFilter"]

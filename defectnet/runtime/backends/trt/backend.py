@@ -124,21 +124,19 @@ class TensorRtBackend(Backend):
 
     def plan_paths(self) -> dict[str, tuple[Path, str | None]]:
         """graph name -> (plan file, expected ONNX SHA-256) from the manifest."""
-        section = self.engine.manifest.get("tensorrt")
-        entries = section.get("engines") if isinstance(section, Mapping) else None
-        if not isinstance(entries, Mapping) or not entries:
+        manifest = self.engine.manifest
+        if manifest.tensorrt is None or not manifest.tensorrt.engines:
             raise EngineError(f"engine folder {self.engine.root} has no TensorRT engines (manifest 'tensorrt' "
                               f"section); build them with defectnet-build-engine --backend tensorrt --engine "
                               f"{self.engine.root}")
-        graphs = self.engine.manifest.get("graphs", {})
         out: dict[str, tuple[Path, str | None]] = {}
         for name in self.engine.graphs:
-            entry = entries.get(name)
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            entry = manifest.tensorrt.engines.get(name)
+            if entry is None:
                 raise EngineError(f"engine folder {self.engine.root} lacks the TensorRT {name} engine; "
                                   f"{rebuild_hint(self.engine.root)}")
-            sha = graphs.get(name, {}).get("sha256") if isinstance(graphs.get(name), Mapping) else None
-            out[name] = (self.engine.root / entry["file"], sha)
+            graph = manifest.graphs.get(name)
+            out[name] = (self.engine.root / entry.file, graph.sha256 if graph is not None else None)
         return out
 
     def load(self) -> None:
