@@ -88,3 +88,22 @@ def test_infer_tensorrt_backend_without_tensorrt_says_what_it_needs(run_engine: 
                                                                  "--backend", "tensorrt", "--no-progress"])
     assert result.exit_code == 1 and "needs an NVIDIA GPU with TensorRT" in result.output
     assert not out.exists()
+
+
+def test_exit_status_is_non_zero_only_for_set_up_failures(run_engine: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("named on the command line: an input whatever its suffix")
+    out = tmp_path / "r.jsonl"
+    common = ["--engine", str(run_engine), "--no-progress"]
+    result = CliRunner().invoke(main, [str(tmp_path / "empty"), "--out", str(out), *common])
+    assert result.exit_code == 2 and "no inputs" in result.output and not out.exists()
+    (tmp_path / "a_file").write_text("x")
+    result = CliRunner().invoke(main, [str(tmp_path / "notes.txt"), "--out", str(tmp_path / "a_file" / "r.jsonl"),
+                                       *common])
+    assert result.exit_code == 1 and "cannot write the record file" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path / "notes.txt"), str(tmp_path / "empty"), "--out", str(out),
+                                       *common])
+    assert result.exit_code == 0, result.output  # every input got a record, an error record included
+    (record,) = read_records(out)
+    assert record["key"] == str(tmp_path / "notes.txt") and record["error"]["reason"] == "unsupported_format"
+    assert "inputs 1: 0 processed (0 OK, 0 NG), 1 errors (unsupported_format 1)" in result.output
