@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from defectnet.errors import ConfigError, EngineError
+from defectnet.runtime.types import BackendName
 
 #: The metrics compared (EvalResult field -> label) and what the manifest keeps per side.
 GATED = {"mAP": "mAP", "AP50": "AP50", "F1": "F1", "gate_recall": "gate recall"}
@@ -53,10 +54,10 @@ def reference_result(source_engine: str | os.PathLike[str], data_dir: str | os.P
     from defectnet.evaluation.evaluate import evaluate_engine
 
     try:
-        return (evaluate_engine(source_engine, data_dir, backend="torch", progress=progress),
+        return (evaluate_engine(source_engine, data_dir, backend=BackendName.TORCH, progress=progress),
                 "float32 PyTorch model the engine was exported from (torch backend)")
     except EngineError as e:
-        result = evaluate_engine(source_engine, data_dir, backend="onnxruntime", progress=progress)
+        result = evaluate_engine(source_engine, data_dir, backend=BackendName.ONNXRUNTIME, progress=progress)
         return result, (f"float32 exported graphs on onnxruntime (the PyTorch checkpoint is not available: {e}; "
                         "their parity with PyTorch was verified at export)")
 

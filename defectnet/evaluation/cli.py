@@ -19,6 +19,7 @@ import torch
 
 from defectnet.errors import DefectNetError
 from defectnet.runtime.backends import BACKENDS
+from defectnet.runtime.types import BackendName
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,7 +35,7 @@ from defectnet.runtime.backends import BACKENDS
 @click.option("--gate-threshold", type=float, default=None, help="Override the gate's P(defective) threshold.")
 @click.option("--engine", "engine_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Also evaluate this exported engine folder (repeatable), after the runs.")
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(list(BACKENDS)),
+@click.option("--backend", default=BackendName.ONNXRUNTIME.value, show_default=True, type=click.Choice(list(BACKENDS)),
               help="Runtime backend for --engine folders (tensorrt: plans from defectnet-build-engine "
               "--backend tensorrt, NVIDIA GPU).")
 @click.option("--scale", default=None, help="Test scale LONGxSHORT [default: each run's train scale], "

@@ -33,6 +33,7 @@ import click
 from defectnet.errors import DefectNetError
 from defectnet.runtime.backends import BACKENDS, BackendOptions
 from defectnet.runtime.inspection.folders import IMAGE_SUFFIXES
+from defectnet.runtime.types import BackendName
 
 #: Exit status of a batch run that SIGINT/SIGTERM stopped before every input had its record.
 EXIT_INTERRUPTED = 130
@@ -48,7 +49,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--overwrite", is_flag=True, help="Start --out over instead of resuming it.")
 @click.option("--save-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write annotated JPEGs (boxes, labels, verdict) into this folder.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.ONNXRUNTIME.value, show_default=True,
               help="onnxruntime: the engine's graphs; torch: the checkpoint the engine was exported from; "
               "tensorrt: the folder's TensorRT plans (defectnet-build-engine --backend tensorrt; NVIDIA GPU).")
 @click.option("--providers", default="cpu", show_default=True,

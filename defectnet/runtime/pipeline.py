@@ -27,7 +27,7 @@ from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import ConfigError
 from defectnet.runtime.backends import Backend, BackendOptions, RawDetections, make_backend
 from defectnet.runtime.engine import Engine, load_engine
-from defectnet.runtime.types import EngineKind, Verdict
+from defectnet.runtime.types import BackendName, EngineKind, Verdict
 from defectnet.structures import Detections, ImageBatch
 
 #: Stages timed per batch (milliseconds). ``model`` = everything but preprocessing: the
@@ -141,7 +141,7 @@ class Pipeline:
         self.backend.load()
 
     @classmethod
-    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: str = "onnxruntime", *,
+    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.ONNXRUNTIME, *,
                     backend_options: BackendOptions | None = None, gate_threshold: float | None = None
                     ) -> Pipeline:
         """A pipeline over an engine folder (validated) with the named backend, built by

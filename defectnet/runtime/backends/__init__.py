@@ -19,14 +19,16 @@ from defectnet.runtime.backends.onnx_runtime import CPU_PROVIDERS, OnnxRuntimeBa
 from defectnet.runtime.backends.options import BackendOptions
 from defectnet.runtime.backends.pytorch import TorchBackend
 from defectnet.runtime.engine import Engine
+from defectnet.runtime.types import BackendName
 
 if TYPE_CHECKING:
     from defectnet.model import DefectNet, TwoModel
 
-BACKENDS: tuple[str, ...] = (OnnxRuntimeBackend.name, TorchBackend.name, "tensorrt")
+#: The backend names as plain strings (click choices), in BackendName order.
+BACKENDS: tuple[str, ...] = tuple(b.value for b in BackendName)
 
 
-def make_backend(source: Engine | DefectNet | TwoModel, name: str = "onnxruntime",
+def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str = BackendName.ONNXRUNTIME,
                  options: BackendOptions | None = None) -> Backend:
     """The one backend factory (not loaded yet: :meth:`Backend.load` or the Pipeline does that).
 

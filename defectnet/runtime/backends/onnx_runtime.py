@@ -25,6 +25,7 @@ from defectnet.runtime.engine import (
     GATE_OUTPUTS,
     Engine,
 )
+from defectnet.runtime.types import BackendName
 
 CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 _ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -77,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
     (12 ms vs 1.2 ms per 612x250 image, ResNet-18 INT8 gate, 2 threads each).
     """
 
-    name = "onnxruntime"
+    name = BackendName.ONNXRUNTIME
 
     def __init__(self, engine: Engine, providers: str | list[str] | tuple[str, ...] | None = None,
                  intra_op_threads: int = 0, allow_spinning: bool = False) -> None:

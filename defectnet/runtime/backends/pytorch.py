@@ -9,6 +9,7 @@ from torch import Tensor
 
 from defectnet.runtime.backends.base import Backend, RawDetections
 from defectnet.runtime.engine import Engine
+from defectnet.runtime.types import BackendName
 
 if TYPE_CHECKING:
     from defectnet.model import DefectNet, TwoModel
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 class TorchBackend(Backend):
     """The PyTorch model itself: a DefectNet (with or without gate) or a TwoModel."""
 
-    name = "torch"
+    name = BackendName.TORCH
 
     def __init__(self, model: DefectNet | TwoModel, device: str | torch.device = "cpu") -> None:
         from defectnet.model import TwoModel

@@ -47,6 +47,7 @@ from defectnet.runtime.inspection.folders import IMAGE_SUFFIXES, walk_image_entr
 from defectnet.runtime.inspection.record_log import RecordLog
 from defectnet.runtime.inspection.records import InspectionResult
 from defectnet.runtime.inspection.validation import InputLimits
+from defectnet.runtime.types import Verdict
 
 log = logging.getLogger(__name__)
 #: Stages in the ATT: all but decode and preprocessing.
@@ -86,7 +87,7 @@ def save_annotated(image: Tensor, result: InspectionResult, path: Path) -> None:
     for box, score, name in zip(result.boxes.tolist(), result.scores.tolist(), result.class_names):
         draw.rectangle(box, outline=(255, 40, 40), width=2)
         draw.text((box[0] + 2, max(0.0, box[1] - 11)), f"{name} {score:.2f}", fill=(255, 40, 40))
-    colour = (255, 40, 40) if result.verdict == "NG" else (40, 220, 40)
+    colour = (255, 40, 40) if result.verdict == Verdict.NG else (40, 220, 40)
     draw.text((4, 4), f"{result.verdict} p={float(result.p_defective or 0.0):.3f}", fill=colour)
     atomic_write(path, lambda f: pil.save(f, format="JPEG", quality=90))
 
@@ -138,8 +139,8 @@ class Summary:
             self.errors_by_reason[str(result.reason)] += 1
             return
         self.images += 1
-        self.ok += result.verdict == "OK"
-        self.ng += result.verdict == "NG"
+        self.ok += result.verdict == Verdict.OK
+        self.ng += result.verdict == Verdict.NG
         self.detector_runs += result.ran_detector
         t = result.timings_ms
         self.model_ms += sum(t.get(s, 0.0) for s in MODEL_STAGES) / max(result.batch_size, 1)

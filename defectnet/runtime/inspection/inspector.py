@@ -65,7 +65,7 @@ from defectnet.runtime.inspection.records import InspectionResult, PostFilter
 from defectnet.runtime.inspection.review import ReviewConfig, ReviewWriter
 from defectnet.runtime.inspection.validation import InputError, InputLimits, Reason, describe, to_image
 from defectnet.runtime.pipeline import GatedBatch, ImageResult, Pipeline
-from defectnet.runtime.types import Verdict
+from defectnet.runtime.types import BackendName, Verdict
 
 log = logging.getLogger(__name__)
 DeadlinePolicy = Literal["report", "skip"]
@@ -166,7 +166,7 @@ class Inspector:
             t.start()
 
     @classmethod
-    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: str = "onnxruntime", *,
+    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.ONNXRUNTIME, *,
                     backend_options: BackendOptions | None = None, gate_threshold: float | None = None,
                     **options: Any) -> Inspector:
         """An inspector over an engine folder (validated by :func:`load_engine`): the

@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from defectnet.errors import ConfigError
+from defectnet.runtime.types import Verdict
 
 PREFIX = "defectnet_inspector_"
 #: Latency buckets in seconds: 1 ms .. 30 s (a CPU frame takes 10 ms to several seconds).
@@ -49,7 +50,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
                                       10.0, 30.0)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
-VERDICTS: tuple[str, ...] = ("OK", "NG", "ERROR")
+VERDICTS: tuple[str, ...] = tuple(v.value for v in Verdict)
 REVIEW_KINDS: tuple[str, ...] = ("ng", "borderline")
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -209,7 +210,7 @@ class InspectorMetrics:
             gate_images, gate_passed = total(self.gate_images, "gate_images"), total(self.gate_passed, "gate_passed")
         return {
             "submitted": total(self.submitted, "frames_submitted"), "results": sum(results.values()),
-            "ok": results.get("OK", 0), "ng": results.get("NG", 0), "errors": sum(errors.values()),
+            "ok": results.get(Verdict.OK, 0), "ng": results.get(Verdict.NG, 0), "errors": sum(errors.values()),
             "errors_by_reason": errors, "deadline_misses": total(self.deadline_misses, "deadline_misses"),
             "gate_images": gate_images, "gate_passed": gate_passed,
             "gate_pass_rate": gate_passed / gate_images if gate_images else None,

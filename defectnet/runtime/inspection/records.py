@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from defectnet.errors import ConfigError
-
-ERROR = "ERROR"
+from defectnet.runtime.types import Verdict
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class InspectionResult:
     key: Any
     source: str
     sequence: int
-    verdict: str
+    verdict: Verdict
     p_defective: float | None = None
     ran_detector: bool = False
     boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))
@@ -88,12 +87,12 @@ class InspectionResult:
     @property
     def ok(self) -> bool:
         """True unless this is an error record."""
-        return self.verdict != ERROR
+        return self.verdict != Verdict.ERROR
 
     def to_json(self) -> dict[str, Any]:
         key = self.key if isinstance(self.key, str | int | float | bool) or self.key is None else str(self.key)
         out: dict[str, Any] = {"key": key, "image": self.source, "verdict": self.verdict}
-        if self.verdict == ERROR:
+        if self.verdict == Verdict.ERROR:
             out["error"] = {"reason": self.reason, "message": self.message}
         else:
             out.update({
@@ -115,4 +114,4 @@ class InspectionResult:
         return out
 
 
-__all__ = ["ERROR", "InspectionResult", "PostFilter"]
+__all__ = ["InspectionResult", "PostFilter"]

@@ -29,6 +29,7 @@ from torch import Tensor
 from defectnet.errors import ConfigError
 from defectnet.io import atomic_write, atomic_write_text
 from defectnet.runtime.inspection.metrics import InspectorMetrics
+from defectnet.runtime.types import Verdict
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -55,7 +56,7 @@ class ReviewConfig:
 
     def save_reason(self, verdict: str, p_defective: float | None, threshold: float) -> str | None:
         """'ng', 'borderline' or None (not saved)."""
-        if verdict == "NG" and self.save_ng:
+        if verdict == Verdict.NG and self.save_ng:
             return "ng"
         if p_defective is not None and self.band > 0 and abs(p_defective - threshold) <= self.band:
             return "borderline"

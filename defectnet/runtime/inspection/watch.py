@@ -42,6 +42,7 @@ from defectnet.errors import ConfigError, DataError
 from defectnet.io import atomic_write_text
 from defectnet.runtime.inspection.folders import IMAGE_SUFFIXES, walk_image_entries
 from defectnet.runtime.inspection.record_log import RecordLog
+from defectnet.runtime.types import Verdict
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "defectnet-watch-state"
@@ -181,7 +182,7 @@ def watch_folder(make_inspector: Callable[[Callable[[Any], None]], Any], folder:
             state.save()
         summary.processed += 1
         summary.errors += not result.ok
-        summary.ng += result.verdict == "NG"
+        summary.ng += result.verdict == Verdict.NG
         if not result.ok:
             summary.errors_by_reason[str(result.reason)] += 1
 

@@ -37,6 +37,7 @@ from defectnet.runtime.engine import (
     GATE_OUTPUTS,
     Engine,
 )
+from defectnet.runtime.types import BackendName
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -112,7 +113,7 @@ class TensorRtBackend(Backend):
     ``{"file", "sha256"}``); each plan's header must match this machine.
     """
 
-    name = "tensorrt"
+    name = BackendName.TENSORRT
 
     def __init__(self, engine: Engine, device: str | torch.device = "cuda") -> None:
         self.engine = engine
