@@ -44,6 +44,7 @@ from defectnet.errors import DataError
 from defectnet.evaluation.evaluate import warmup_indices
 from defectnet.evaluation.timing import Clock, LatencyTimer, Sync, device_sync
 from defectnet.runtime.backends import Backend, RawDetections
+from defectnet.runtime.types import EngineKind
 from defectnet.structures import Detections, ImageBatch
 
 #: Backend calls timed inside the model part, in pipeline order.
@@ -159,13 +160,13 @@ def row_remark(case: Case) -> str:
     return remark_for(_info_cache[key])
 
 
-def _kind_of_model(model: Any) -> tuple[str, float]:
+def _kind_of_model(model: Any) -> tuple[EngineKind, float]:
     from defectnet.model import TwoModel
 
     if isinstance(model, TwoModel):
-        return "two-model", float(model.gate_threshold)
+        return EngineKind.TWO_MODEL, float(model.gate_threshold)
     cfg = model.config
-    return ("defectnet" if cfg.with_gate else "one-model"), float(cfg.gate_threshold)
+    return (EngineKind.DEFECTNET if cfg.with_gate else EngineKind.ONE_MODEL), float(cfg.gate_threshold)
 
 
 def _check_classes(case: Case, names: Sequence[str], label_map: dict[int, int] | None, images: ImageSet) -> None:
@@ -221,12 +222,12 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         sync = device_sync(where)
         if case.row.engines and case.engine is not None and case.engine.path.name != "engine":
             remark = f"{remark}, {case.engine.path.name}"
-    if gate_threshold is not None and kind != "one-model":
+    if gate_threshold is not None and kind != EngineKind.ONE_MODEL:
         threshold = gate_threshold
     stages = StageTimedBackend(inner, sync, clock)
     pipeline = Pipeline(stages, kind=kind, class_names=images.class_names, gate_threshold=threshold,
                         preprocessor=preprocessor)
-    return LoadedCase(case, pipeline, stages, sync, images.label_to_category_id, remark, kind != "one-model",
+    return LoadedCase(case, pipeline, stages, sync, images.label_to_category_id, remark, kind != EngineKind.ONE_MODEL,
                       str(where), time.perf_counter() - t0)
 
 

@@ -51,11 +51,13 @@ from typing import Any
 
 from defectnet.calibration.regions import classify_nodes
 from defectnet.errors import ConfigError, EngineError
+from defectnet.runtime.types import BackendName
 
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
-FLAVOURS = ("tensorrt", "onnxruntime")
+#: Q/DQ flavours, named after the runtime each is for.
+FLAVOURS: tuple[BackendName, ...] = (BackendName.TENSORRT, BackendName.ONNXRUNTIME)
 
 # Op types whose tensors get Q/DQ, per flavour (inside the compute regions only).
 _TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
@@ -123,9 +125,9 @@ def cpu_has_vnni() -> bool | None:
 
 @dataclass(frozen=True)
 class QdqFlavour:
-    """One Q/DQ layout (see the module docstring)."""
+    """One Q/DQ layout (see the module docstring); name: the runtime it is for."""
 
-    name: str
+    name: BackendName
     activation: str  # "int8" | "uint8"
     op_types: tuple[str, ...]
     per_channel: bool
@@ -151,7 +153,7 @@ class QdqFlavour:
 
 def tensorrt_flavour() -> QdqFlavour:
     return QdqFlavour(
-        "tensorrt", "int8", _TRT_OPS, per_channel=True, reduce_range=False,
+        BackendName.TENSORRT, "int8", _TRT_OPS, per_channel=True, reduce_range=False,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                        "DedicatedQDQPair": True, "OpTypesToExcludeOutputQuantization": list(_TRT_OPS)},
         description="explicit-quantization graph for TensorRT (strongly typed network): S8S8, zero points 0, "
@@ -162,7 +164,7 @@ def onnxruntime_flavour(reduce_range: bool | None = None) -> QdqFlavour:
     if reduce_range is None:
         reduce_range = cpu_has_vnni() is False
     return QdqFlavour(
-        "onnxruntime", "uint8", _ORT_OPS, per_channel=True, reduce_range=reduce_range,
+        BackendName.ONNXRUNTIME, "uint8", _ORT_OPS, per_channel=True, reduce_range=reduce_range,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         description="ONNX Runtime on x86 CPUs: U8S8 (uint8 activations, int8 weights), integer kernels "
                     "(QLinearConv/QLinearAdd) after the session's QDQ fusion"
@@ -170,9 +172,9 @@ def onnxruntime_flavour(reduce_range: bool | None = None) -> QdqFlavour:
 
 
 def flavour(name: str) -> QdqFlavour:
-    if name == "tensorrt":
+    if name == BackendName.TENSORRT:
         return tensorrt_flavour()
-    if name == "onnxruntime":
+    if name == BackendName.ONNXRUNTIME:
         return onnxruntime_flavour()
     raise ConfigError(f"unknown Q/DQ flavour {name!r}; use one of {', '.join(FLAVOURS)}")
 
@@ -349,7 +351,7 @@ def check_flavour(model: Any, flav: QdqFlavour, graph: str) -> list[str]:
     from onnx import numpy_helper
 
     problems: list[str] = []
-    if flav.name == "tensorrt":
+    if flav.name == BackendName.TENSORRT:
         from defectnet.export.trt_ops import check_graph
 
         problems += check_graph(model, graph)["problems"]
