@@ -5,7 +5,10 @@
 * :mod:`.records` -- the record (:class:`InspectionResult`) and the post-filter;
 * :mod:`.inspector` -- :class:`Inspector`: batching, pipelining, deadlines, back-pressure;
 * :mod:`.metrics` -- its Prometheus metrics; :mod:`.review` -- review images;
-* :mod:`.watch` -- ``defectnet-infer --watch``: a folder as the input stream.
+* :mod:`.batch` -- ``defectnet-infer FILES_OR_FOLDERS``: a fixed list of inputs, resumable;
+* :mod:`.watch` -- ``defectnet-infer --watch``: a folder as the input stream;
+* :mod:`.record_log` -- the append-only JSONL record file both write (``docs/record.schema.json``);
+  :mod:`.folders` -- which entries of a folder are inputs.
 """
 
 from defectnet.runtime.inspection.inspector import Inspector, InspectorBusyError, InspectorClosedError

@@ -11,10 +11,11 @@ from record_schema import check_record, schema
 
 from defectnet.runtime.inspection.records import InspectionResult
 from defectnet.runtime.inspection.validation import Reason
+from defectnet.runtime.types import Verdict
 
 
 def _full_verdict_record() -> InspectionResult:
-    return InspectionResult(key="line3/0001.png", source="line3/0001.png", sequence=0, verdict="NG", p_defective=0.93,
+    return InspectionResult(key="line3/0001.png", source="line3/0001.png", sequence=0, verdict=Verdict.NG, p_defective=0.93,
                             ran_detector=True, boxes=torch.tensor([[1.0, 2.0, 30.5, 40.25]]),
                             scores=torch.tensor([0.81]), labels=torch.tensor([2]), class_names=["stain"],
                             original_size=(250, 612), latency_ms=12.5, deadline_ms=200.0, batch_size=4,
@@ -23,12 +24,16 @@ def _full_verdict_record() -> InspectionResult:
 
 
 def _error_record() -> InspectionResult:
-    return InspectionResult(key=7, source="<ndarray 40x40 float64>", sequence=7, verdict="ERROR",
+    return InspectionResult(key=7, source="<ndarray 40x40 float64>", sequence=7, verdict=Verdict.ERROR,
                             reason=Reason.OUT_OF_RANGE.value, message="<ndarray>: float values span 2..2")
 
 
-def test_reason_enum_is_the_reason_strenum() -> None:
+def test_reason_and_verdict_enums_are_the_strenums() -> None:
     assert schema()["$defs"]["reason"]["enum"] == [r.value for r in Reason]
+    defs = schema()["$defs"]
+    verdicts = [*defs["verdict_record"]["properties"]["verdict"]["enum"],
+                defs["error_record"]["properties"]["verdict"]["const"]]
+    assert sorted(verdicts) == sorted(v.value for v in Verdict)
     assert schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -39,7 +44,7 @@ def test_schema_lists_every_field_the_record_has() -> None:
     defs = schema()["$defs"]
     assert set(full) == set(defs["verdict_record"]["properties"])
     assert set(error) == set(defs["error_record"]["properties"])
-    plain = InspectionResult(key=None, source="x.png", sequence=0, verdict="OK", p_defective=0.1,
+    plain = InspectionResult(key=None, source="x.png", sequence=0, verdict=Verdict.OK, p_defective=0.1,
                              original_size=(8, 8), batch_size=1).to_json()
     check_record(plain)  # the optional fields are optional
     assert set(defs["verdict_record"]["properties"]) - set(plain) == {"review_image", "annotated"}
