@@ -232,3 +232,25 @@ def test_enums_are_their_strings() -> None:
     assert json.dumps({"verdict": Verdict.OK, BackendName.TORCH: [Precision.FP16]}) == \
         '{"verdict": "OK", "torch": ["fp16"]}'
     assert "two-model" in set(EngineKind) and {Precision.FP32: 1}["fp32"] == 1
+
+
+# ----------------------------------------------------------------------------- readers
+def test_tensorrt_backend_reads_the_typed_plans(run_engine: Path) -> None:
+    """The TensorRT backend finds its plans and the ONNX hashes they must match in the typed
+    manifest (no GPU needed: nothing is loaded)."""
+    from defectnet.runtime.backends.trt import TensorRtBackend
+    from defectnet.runtime.engine import engine_from_manifest
+    from defectnet.runtime.manifest import PlanEntry, TensorRtPlans
+
+    engine = load_engine(run_engine)
+    with pytest.raises(EngineError, match="has no TensorRT engines.*defectnet-build-engine --backend tensorrt"):
+        TensorRtBackend(engine, "cuda").plan_paths()
+    plans = TensorRtPlans({g: PlanEntry(f"{g}.plan") for g in engine.graphs})
+    built = engine_from_manifest(run_engine, replace(engine.manifest, tensorrt=plans, precision=Precision.FP16,
+                                                     backend=BackendName.TENSORRT))
+    paths = TensorRtBackend(built, "cuda").plan_paths()
+    assert paths == {g: (run_engine / f"{g}.plan", engine.manifest.graphs[g].sha256) for g in engine.graphs}
+    partial = engine_from_manifest(run_engine, replace(built.manifest, tensorrt=TensorRtPlans(
+        {"gate": PlanEntry("gate.plan")})))
+    with pytest.raises(EngineError, match="lacks the TensorRT detector engine"):
+        TensorRtBackend(partial, "cuda").plan_paths()
