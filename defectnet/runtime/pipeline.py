@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -119,6 +121,45 @@ class GatedBatch:
         return out
 
 
+@dataclass
+class HostGated:
+    """:meth:`Pipeline.gate_to_host`: the gate's output for a batch of B images with the K
+    gate-positive images' features copied to the host as plain arrays, so that the detector
+    can run in another process (``defectnet.serve`` ships them through Ray's object store).
+
+    p_defective: float32 ``[B]``; index: int64 ``[K]``, the positions of the gate-positive
+    images; features: ``{level: [K, C, h, w]}`` numpy arrays (c2..c5 in the graphs' dtype),
+    None when K == 0; image_sizes: int64 ``[K, 2]``, the positives' model-input ``(h, w)``;
+    scale_factors / original_sizes: per image of the batch (B entries); timings_ms: the
+    batch's stages so far (preprocess, gate, select: ``select`` includes the host copy).
+    """
+
+    p_defective: Tensor
+    index: Tensor
+    features: dict[str, np.ndarray] | None
+    image_sizes: Tensor
+    scale_factors: list[tuple[float, float]]
+    original_sizes: list[tuple[int, int]]
+    timings_ms: dict[str, float]
+
+    def __len__(self) -> int:
+        return int(self.p_defective.shape[0])
+
+    @property
+    def ran_detector(self) -> Tensor:
+        """bool ``[B]``: which images go to the detector."""
+        out = torch.zeros(len(self), dtype=torch.bool)
+        out[self.index] = True
+        return out
+
+    def positive_features(self, k: int) -> dict[str, np.ndarray]:
+        """The features of the k-th positive (``0 <= k < K``) as ``{level: [1, C, h, w]}``
+        copies (not views of the batch's arrays, so each can be shipped on its own)."""
+        if self.features is None or not 0 <= k < int(self.index.numel()):
+            raise IndexError(f"positive {k} of {int(self.index.numel())}")
+        return {name: value[k:k + 1].copy() for name, value in self.features.items()}
+
+
 class Pipeline:
     """Preprocess -> gate -> detector on the gate-positive sub-batch -> original coordinates.
 
@@ -184,16 +225,47 @@ class Pipeline:
         batch, timer = gated.batch, gated.timer
         dets = self._detector_part(gated.gate, timer)
         with timer("postprocess"):
-            results = []
-            for i, d in enumerate(dets):
-                boxes = boxes_to_original(d.boxes.clone(), batch.scale_factors[i], batch.original_sizes[i])
-                results.append(ImageResult(
-                    verdict=Verdict.NG if len(d.scores) else Verdict.OK, p_defective=d.p_defective, ran_detector=d.ran_detector,
-                    boxes=boxes, scores=d.scores, labels=d.labels, class_names=self._names(d.labels),
-                    original_size=batch.original_sizes[i], batch_size=len(batch)))
+            results = [self.image_result(d.p_defective, d.ran_detector, d.boxes, d.scores, d.labels,
+                                         batch.scale_factors[i], batch.original_sizes[i], len(batch))
+                       for i, d in enumerate(dets)]
         for r in results:
             r.timings_ms = dict(timer.ms)
         return results
+
+    def gate_to_host(self, images: list[Tensor]) -> HostGated:
+        """Gate -> (P, host features of the positives): :meth:`gate_stage` with the selected
+        features copied to plain host arrays (:class:`HostGated`), for a detector in another
+        process. ``detect_on_host`` on them gives the boxes :meth:`run` gives."""
+        gated = self.gate_stage(images)
+        gate, timer = gated.gate, gated.timer
+        features = None
+        if gate.features is not None:
+            with timer("select"):
+                features = self.backend.features_to_host(gate.features)
+        batch = gated.batch
+        return HostGated(gate.p, gate.index, features, gate.sizes, list(batch.scale_factors),
+                         list(batch.original_sizes), dict(timer.ms))
+
+    def detect_on_host(self, features: Mapping[str, np.ndarray], image_sizes: Tensor) -> RawDetections:
+        """The detector on given host features: ``{level: [K, C, h, w]}`` (as
+        :meth:`gate_to_host` makes them; images padded alike) and their model-input sizes
+        int64 ``[K, 2]``. Returns the padded detections in model-input pixels;
+        :meth:`image_result` maps one image's to its original pixels."""
+        if int(image_sizes.shape[0]) < 1:
+            raise ConfigError("detect_on_host needs the features of at least one image")
+        return self.backend.run_detector(self.backend.features_from_host(features), image_sizes.to(torch.int64))
+
+    def image_result(self, p_defective: float, ran_detector: bool, boxes: Tensor, scores: Tensor, labels: Tensor,
+                     scale_factor: tuple[float, float], original_size: tuple[int, int], batch_size: int,
+                     timings_ms: dict[str, float] | None = None) -> ImageResult:
+        """One image's result from its detections in model-input pixels (boxes ``[N, 4]``,
+        scores ``[N]``, labels ``[N]``): boxes mapped to the original image, class names,
+        verdict (``NG`` iff a detection)."""
+        return ImageResult(
+            verdict=Verdict.NG if len(scores) else Verdict.OK, p_defective=float(p_defective),
+            ran_detector=bool(ran_detector), boxes=boxes_to_original(boxes.clone(), scale_factor, original_size),
+            scores=scores, labels=labels, class_names=self._names(labels), original_size=original_size,
+            timings_ms=dict(timings_ms or {}), batch_size=batch_size)
 
     def inference(self, images: Tensor, image_sizes: list[tuple[int, int]],
                   gate_threshold: float | None = None) -> list[Detections]:

@@ -9,17 +9,25 @@ so every backend gets exactly the same inputs::
     p, feats = backend.run_gate(images, sizes)      feats stay where the backend keeps them
     feats = backend.select(feats, index)            the gate-positive sub-batch
     raw = backend.run_detector(feats, sizes)        padded RawDetections on the host
+    host = backend.features_to_host(feats)          numpy copies (to ship to another process)
+    feats = backend.features_from_host(host)        back onto the backend's device
 
 images: uint8 ``[B, 3, H, W]`` (preprocessed, padded); sizes: int64 ``[B, 2]`` (h, w);
-index: int64 ``[K]``. ``feats`` is backend-specific and opaque to callers.
+index: int64 ``[K]``. ``feats`` is backend-specific and opaque to callers; only
+:meth:`Backend.features_to_host` turns it into plain arrays (``{level: [K, C, h, w]}``, the
+feature names c2..c5 and dtype the graphs use), e.g. for a gate and a detector that run in
+different processes (``defectnet.serve``).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from defectnet.errors import EngineError
@@ -66,6 +74,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run_detector(self, features: Any, image_sizes: Tensor) -> RawDetections:
         """Detections of the images whose features are given."""
+
+    def features_to_host(self, features: Any) -> dict[str, np.ndarray]:
+        """Features (as :meth:`run_gate` / :meth:`select` return them) -> new host arrays
+        ``{level: [K, C, h, w]}`` in the graphs' dtype, safe to pickle or put in an object
+        store. This default is for backends whose features are ``{level: torch.Tensor}``."""
+        return {name: value.detach().cpu().numpy().copy() for name, value in features.items()}
+
+    def features_from_host(self, features: Mapping[str, np.ndarray]) -> Any:
+        """The inverse of :meth:`features_to_host`: host arrays ``{level: [K, C, h, w]}`` ->
+        features :meth:`run_detector` takes (on the backend's device). This default is for
+        backends whose features are ``{level: torch.Tensor}`` on ``self.device``."""
+        device = getattr(self, "device", "cpu")
+        return {name: torch.from_numpy(np.ascontiguousarray(value)).to(device) for name, value in features.items()}
 
 
 

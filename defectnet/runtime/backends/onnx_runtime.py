@@ -8,6 +8,7 @@ visit numpy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,15 @@ class OnnxRuntimeBackend(Backend):
         inputs = {**features, "index": self._ortvalue(index.to(torch.int64).numpy())}
         out = self._run("select", inputs, {f"{k}_out": self.device for k in FEATURE_NAMES})
         return dict(zip(FEATURE_NAMES, out))
+
+    def features_to_host(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
+        """OrtValues (on the session's device) -> new numpy arrays."""
+        return {name: np.array(value.numpy(), copy=True) for name, value in features.items()}
+
+    def features_from_host(self, features: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """numpy arrays -> OrtValues on the session's device (what :meth:`run_detector` binds)."""
+        self.load()
+        return {name: self._ortvalue(value) for name, value in features.items()}
 
     def run_detector(self, features: dict[str, Any], image_sizes: Tensor) -> RawDetections:
         inputs = {**features, "image_sizes": self._ortvalue(image_sizes.to(torch.int64).numpy())}
