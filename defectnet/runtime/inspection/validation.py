@@ -30,8 +30,11 @@ refused, not guessed: divide it by 255 or send uint8). Float image files, arrays
 tensors follow the same 0..1 rule.
 
 Reason codes for failures after validation: timeout (the frame's deadline passed before the
-gate under the ``skip`` deadline policy), backend_error (the backend raised on the frame),
-internal_error (a bug in the runtime; please report it).
+gate under the ``skip`` deadline policy, or before a service answered), backend_error (the
+backend raised on the frame), internal_error (a bug in the runtime; please report it),
+overloaded (an inspection service refused the frame because its queues were full: send it
+again later), unavailable (an inspection service could not be reached, or a part of it was
+down, also after retries).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     BACKEND_ERROR = "backend_error"
     INTERNAL_ERROR = "internal_error"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
 
 
 class InputError(DataError):
@@ -155,7 +160,22 @@ def to_image(source: Any, limits: InputLimits = InputLimits(), name: str | None 
 
 
 # ----------------------------------------------------------------------------- files and bytes
-def _from_file(path: Path, limits: InputLimits, label: str) -> np.ndarray:
+def read_input_file(path: str | os.PathLike[str], name: str | None = None) -> bytes:
+    """The contents of an input file, by the file rules of :func:`to_image` (not_found,
+    unreadable, a folder, empty), without decoding it: for a client that sends the encoded
+    bytes to an inspection service, which applies the rest of the rule."""
+    label = name or describe(path)
+    file = Path(os.fspath(path))
+    _check_file(file, label)
+    try:
+        return file.read_bytes()
+    except PermissionError:
+        raise InputError(Reason.UNREADABLE, f"{label}: permission denied; make it readable by this user") from None
+    except OSError as e:
+        raise InputError(Reason.UNREADABLE, f"{label}: cannot read the file ({e.strerror or e})") from None
+
+
+def _check_file(path: Path, label: str) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -167,6 +187,10 @@ def _from_file(path: Path, limits: InputLimits, label: str) -> np.ndarray:
         raise InputError(Reason.UNREADABLE, f"{label}: is a folder, not an image file")
     if size == 0:
         raise InputError(Reason.EMPTY, f"{label}: file is empty (0 bytes); was it still being written?")
+
+
+def _from_file(path: Path, limits: InputLimits, label: str) -> np.ndarray:
+    _check_file(path, label)
     try:
         with open(path, "rb") as f:
             return _decode(f, limits, label)
@@ -276,4 +300,4 @@ def _chw(array: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C", copy=True))
 
 
-__all__ = ["InputError", "InputLimits", "Reason", "describe", "to_image"]
+__all__ = ["InputError", "InputLimits", "Reason", "describe", "read_input_file", "to_image"]

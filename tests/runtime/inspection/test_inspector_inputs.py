@@ -127,7 +127,8 @@ def test_conversion_rule_and_reason_codes(tmp_path: Path) -> None:
     bad.mkdir()
     corpus = bad_inputs(bad)
     assert len(corpus) >= 15
-    input_reasons = set(Reason) - {Reason.TIMEOUT, Reason.BACKEND_ERROR, Reason.INTERNAL_ERROR}
+    input_reasons = set(Reason) - {Reason.TIMEOUT, Reason.BACKEND_ERROR, Reason.INTERNAL_ERROR, Reason.OVERLOADED,
+                                   Reason.UNAVAILABLE}
     assert {reason for _, _, reason in corpus} == input_reasons  # every input reason code is exercised
     for name, source, reason in corpus:
         with pytest.raises(InputError) as info:
