@@ -1,12 +1,11 @@
 """Session fixtures of the bench tests: synthetic fabric data and two tiny run folders
-(one-model and defectnet_const) exported to ``RUN/engine``, plus an ``engine-int8`` sibling
-(a copy of the float32 engine whose manifest says ``precision: int8``: the bench only reads
-the field, so this tests discovery and labelling without the calibration package)."""
+(one-model and defectnet_const) exported to ``RUN/engine``, plus a real ``engine-int8``
+sibling of the const model (calibrated on the tiny train split by ``defectnet-build-engine``'s
+library call, with loose accuracy tolerances: a random-init model's accuracy means nothing),
+so the bench's INT8 path runs real Q/DQ graphs."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 
 from defectnet.data.coco import load_split
 from defectnet.data.synthetic import KINDS, SynthParams, generate
+from defectnet.engine_build import BuildOptions, Tolerances, build_engine
 from defectnet.export import export_engine
 from defectnet.model import ModelConfig, build_model
 from defectnet.model_source import load_source
@@ -52,9 +52,7 @@ def bench_runs(bench_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     runs = tmp_path_factory.mktemp("bench") / "runs"
     _write_run(runs / "one-model", "one-model", False, bench_data)
     _write_run(runs / "const", "const", True, bench_data)
-    src, dst = runs / "const" / "engine", runs / "const" / "engine-int8"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest.update(precision="int8", backend="onnxruntime")
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    build_engine(runs / "const" / "engine", runs / "const" / "engine-int8",
+                 BuildOptions(precision="int8", data_dir=bench_data, calib_size=6, threads=1,
+                              tolerances=Tolerances(1.0, 1.0, 1.0, 1.0), log=lambda _: None))
     return runs

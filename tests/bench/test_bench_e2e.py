@@ -63,6 +63,22 @@ def test_accuracy_matches_evaluate_engine(quick_run: tuple[Path, str], bench_run
         ref.gate_recall, ref.num_detector_runs, ref.num_detections)
 
 
+def test_int8_case_runs_the_quantized_graphs(quick_run: tuple[Path, str], bench_runs: Path, bench_data: Path) -> None:
+    """The INT8 row is a real Q/DQ engine: its graphs hold QuantizeLinear nodes, and the bench's
+    accuracy for it is what defectnet-eval measures on that engine (not the float32 one's)."""
+    import onnx
+
+    int8_dir = bench_runs / "const" / "engine-int8"
+    ops = {n.op_type for n in onnx.load(str(int8_dir / "gate.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    data = json.loads((quick_run[0] / "results.json").read_text())
+    bench = next(c for c in data["cases"] if c["label"] == "onnxruntime int8")
+    ref = evaluate_engine(int8_dir, bench_data, warmup=0, progress=False)
+    m = bench["metrics"]
+    assert (m["mAP"], m["F1"], m["gate_recall"], m["num_detector_runs"], m["num_detections"]) == pytest.approx(
+        (ref.mAP, ref.F1, ref.gate_recall, ref.num_detector_runs, ref.num_detections))
+
+
 def test_normal_share_image_set(bench_data: Path) -> None:
     images = build_image_set(bench_data, "test", normal_share=0.5, seed=0)  # 2 normal of 6 -> 3 needed
     assert len(images) == 6 and images.num_normal == 3
