@@ -90,4 +90,14 @@ class Backend(abc.ABC):
 
 
 
-__all__ = ["Backend", "RawDetections"]
+def select_rows(features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    """Rows ``index`` (int64 ``[K]``) of every ``[B, ...]`` tensor in ``features``, on the
+    tensors' own device; the dict itself when ``index`` is ``0..B-1`` (no copy)."""
+    n = next(iter(features.values())).shape[0]
+    if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
+        return features
+    idx = index.to(next(iter(features.values())).device)
+    return {k: v.index_select(0, idx) for k, v in features.items()}
+
+
+__all__ = ["Backend", "RawDetections", "select_rows"]

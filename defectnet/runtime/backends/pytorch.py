@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from defectnet.runtime.backends.base import Backend, RawDetections
+from defectnet.runtime.backends.base import Backend, RawDetections, select_rows
 from defectnet.runtime.engine import Engine
 from defectnet.runtime.types import BackendName
 
@@ -52,11 +52,7 @@ class TorchBackend(Backend):
         return p.float().cpu(), feats
 
     def select(self, features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-        n = next(iter(features.values())).shape[0]
-        if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
-            return features
-        idx = index.to(self.device)
-        return {k: v.index_select(0, idx) for k, v in features.items()}
+        return select_rows(features, index)
 
     @torch.no_grad()
     def run_detector(self, features: dict[str, Tensor], image_sizes: Tensor) -> RawDetections:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from defectnet.errors import BackendUnavailableError, EngineError
-from defectnet.runtime.backends.base import Backend, RawDetections
+from defectnet.runtime.backends.base import Backend, RawDetections, select_rows
 from defectnet.runtime.backends.trt import api as trt_api
 from defectnet.runtime.backends.trt.api import require_cuda, tensorrt_api
 from defectnet.runtime.backends.trt.plan import check_plan, platform_info, read_plan, rebuild_hint
@@ -180,11 +180,7 @@ class TensorRtBackend(Backend):
         return p, {k: out[k] for k in FEATURE_NAMES}
 
     def select(self, features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-        n = next(iter(features.values())).shape[0]
-        if index.numel() == n and bool((index.cpu() == torch.arange(n)).all()):
-            return features
-        idx = index.to(self.device)
-        return {k: v.index_select(0, idx) for k, v in features.items()}
+        return select_rows(features, index)
 
     def run_detector(self, features: dict[str, Tensor], image_sizes: Tensor) -> RawDetections:
         inputs = {**features, "image_sizes": image_sizes.to(self.device, dtype=torch.int64)}
