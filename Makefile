@@ -13,7 +13,8 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# serve: Ray Serve (defectnet-serve), so the test suite runs its tests too.
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
 	# TensorRT's type stubs only: without --no-deps pip tries to fetch TensorRT itself.
 	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
