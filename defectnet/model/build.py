@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from defectnet.errors import CheckpointError, ConfigError
@@ -49,12 +50,16 @@ def _metadata(model: nn.Module) -> dict[str, str]:
     return meta
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def save_weights(model: nn.Module, path: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
     """Write ``model.state_dict()`` to ``path`` as safetensors, atomically (temp file +
-    rename: a crash never leaves a half-written file). Returns the path."""
+    rename: a crash never leaves a half-written file). Returns the path. dtype: store the
+    floating-point tensors in this type (e.g. ``torch.float16`` for a file half the size;
+    :func:`load_weights` casts back to the model's own types); integer buffers keep theirs."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return atomic_write_bytes(path, save(state, metadata=_metadata(model)))
 
 

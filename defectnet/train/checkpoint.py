@@ -117,6 +117,11 @@ class CheckpointMeta:
     losses: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def is_packed(self) -> bool:
+        """An inference-only checkpoint (defectnet-pack-run): weights, no training state."""
+        return STATE_FILE not in self.files
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "kind": self.kind,
@@ -209,16 +214,20 @@ def read_checkpoint(ckpt_dir: Path, verify: bool = True) -> CheckpointMeta:
         raise CheckpointError(f"{meta_path} must hold a JSON object; the checkpoint is damaged")
     meta = CheckpointMeta.from_dict(raw, meta_path)
     if verify:
-        for name in (WEIGHTS_FILE, STATE_FILE):
+        # A training checkpoint records weights + training state; a packed model
+        # (defectnet-pack-run) records the weights only.
+        packed = meta.is_packed
+        for name in (WEIGHTS_FILE,) if packed else (WEIGHTS_FILE, STATE_FILE):
             path = ckpt_dir / name
+            fix = (f"restore it (e.g. git checkout -- {ckpt_dir}) or pack it again with defectnet-pack-run "
+                   "SOURCE_RUN --out RUN_DIR" if packed else
+                   f"delete {ckpt_dir} and resume training from the previous epoch")
             if not path.is_file():
-                raise CheckpointError(f"{path} is missing; the checkpoint is incomplete — delete "
-                                      f"{ckpt_dir} and resume training, or use another run folder")
+                raise CheckpointError(f"{path} is missing; the checkpoint is incomplete — {fix}")
             expected = meta.files.get(name)
             if expected is None or sha256_file(path) != expected:
                 raise CheckpointError(f"{path} does not match the SHA-256 recorded in {meta_path}; the "
-                                      f"file is corrupt or was replaced — delete {ckpt_dir} and resume "
-                                      "training from the previous epoch")
+                                      f"file is corrupt or was replaced — {fix}")
     return meta
 
 
