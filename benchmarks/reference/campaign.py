@@ -14,7 +14,9 @@ The recipe that learns on a 2-core CPU (see benchmarks/reference/README.md):
 3. stage2    from it (``--init``), DefectNet-const and the one-model baseline, for the same
              number of epochs (equal training), side by side with one thread each;
 4. eval      ``defectnet-eval`` of both on the held-out test set, and the gate threshold for
-             recall 0.95 chosen on the validation split (``defectnet-calibrate-gate``).
+             recall 0.95 chosen on the validation split (``defectnet-calibrate-gate``);
+5. pack      ``defectnet-pack-run`` of the const run into ``OUT/reference-const`` (float16,
+             inference only): what goes into the repository as ``models/reference-const``.
 
 Every step is skipped when its output is complete (a run's ``run.json``, the data's
 annotations, the eval JSON) and resumed from its last epoch checkpoint when it is not, so the
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-STAGES = ("data", "stage1", "stage2", "eval")
+STAGES = ("data", "stage1", "stage2", "eval", "pack")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,12 @@ class Campaign:
             if not result.is_file():
                 self.run("eval", [str(BIN / "defectnet-eval"), *map(str, runs.values()), "--data",
                                   str(self.holdout), "--out", str(result), "--no-progress", *extra])
+
+    def step_pack(self) -> None:
+        out = self.out / "reference-const"
+        if not (out / "run.json").is_file():
+            self.run("pack", [str(BIN / "defectnet-pack-run"), str(self.out / "stage2-const"), "--out", str(out),
+                              "--overwrite"])
 
     def __call__(self, until: str) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
