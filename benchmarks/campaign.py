@@ -1,0 +1,239 @@
+"""Train the seed's table rows end to end at equal budgets, resumably, logging every command.
+
+    python benchmarks/campaign.py --out /work/campaign/reference                       # const + one-model
+    python benchmarks/campaign.py --out runs/seed-fabric --rows seed                   # all seven rows
+    python benchmarks/campaign.py --out runs/seed-bottle --rows seed --kind bottle
+    python benchmarks/campaign.py --out runs/reference --until stage1 --dry-run        # print the plan
+
+The recipe that learns on a 2-core CPU (benchmarks/reference/README.md says why):
+
+1. data      ``defectnet-synth KIND``: a training set (its test split is the validation split:
+             gate thresholds are chosen on it, never on test data) and a held-out test set made
+             with a seed that no training uses;
+2. stage1    a one-model detector trained from random weights: the stand-in for the COCO-
+             pretrained Cascade R-CNN the original starts from (its ``load_from``);
+3. stage2    every detector row from it (``--init``) for the same number of epochs (equal
+             training): one-model and the DefectNet variants (const, linear, inverse,
+             exponential); ``--parallel`` runs side by side, one thread each;
+4. twomodel  two-model_small / two-model_large: an image classifier trained for the same
+             number of epochs, paired with the stage-2 one-model detector (``--detector``);
+5. eval      each gated DefectNet row exported and its gate threshold for recall 0.95 chosen on
+             the validation split (``defectnet-calibrate-gate``); ``defectnet-eval`` of every row
+             on the held-out test set, at argmax and at those thresholds;
+6. pack      ``defectnet-pack-run`` of the const run into ``OUT/reference-const`` (float16,
+             inference only): what the repository keeps as ``models/reference-const``.
+
+Every step is skipped when its output is complete (a run's ``run.json``, the data's
+annotations, an eval JSON) and resumed from its last epoch checkpoint when it is not, so the
+campaign can be stopped and started again at any time (also on another machine: copy OUT).
+``OUT/campaign.jsonl`` gets one line per command: the command, start, wall seconds, exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+STAGES = ("data", "stage1", "stage2", "twomodel", "eval", "pack")
+DETECTOR_ROWS = ("one-model", "const", "linear", "inverse", "exponential")
+TWO_MODEL_ROWS = ("two-model-small", "two-model-large")
+ROW_SETS = {"reference": ("one-model", "const"), "seed": (*DETECTOR_ROWS, *TWO_MODEL_ROWS)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The campaign's settings; every field is recorded in ``OUT/campaign.json``."""
+
+    kind: str = "fabric"
+    rows: tuple[str, ...] = ROW_SETS["reference"]
+    images: int = 1000              # training set: 80 % train, 20 % validation
+    holdout_images: int = 600       # held-out test set (90 % of it is the test split)
+    seed: int = 0
+    holdout_seed: int = 7
+    backbone: str = "resnet18"
+    preset: str = "compact"
+    scale: str = "640x256"
+    batch_size: int = 4
+    lr: float = 0.01
+    stage1_epochs: int = 16
+    stage2_epochs: int = 32
+    threads: int = 1                # per training process
+    parallel: int = 2               # training processes side by side
+    target_recall: float = 0.95
+
+    def __post_init__(self) -> None:
+        if min(self.images, self.holdout_images, self.stage1_epochs, self.stage2_epochs, self.threads,
+               self.parallel) < 1:
+            raise ValueError(f"image counts, epochs, threads and parallel must be >= 1: {self}")
+        if self.seed == self.holdout_seed:
+            raise ValueError("the held-out test set needs a seed that no training data uses")
+        unknown = set(self.rows) - set(ROW_SETS["seed"])
+        if unknown or "one-model" not in self.rows:
+            raise ValueError(f"rows must include one-model and come from {ROW_SETS['seed']}, got {self.rows}")
+
+
+class Campaign:
+    def __init__(self, out: Path, recipe: Recipe, dry_run: bool = False) -> None:
+        self.out, self.recipe, self.dry_run = out, recipe, dry_run
+        self.data, self.holdout = out / "data", out / "holdout"
+        self.log = out / "campaign.jsonl"
+        self.stage1 = out / "stage1-one-model"
+
+    def run_dir(self, row: str) -> Path:
+        return self.out / f"stage2-{row}"
+
+    # -- running and logging ----------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        n = str(self.recipe.threads)
+        return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+    def _record(self, step: str, command: Sequence[str], t0: float, rc: int) -> None:
+        line = {"step": step, "commands": [shlex.join(command)],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+                "wall_s": round(time.time() - t0, 1), "exit_code": rc}
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def run(self, step: str, *commands: list[str], stdout: Path | None = None) -> None:
+        """Run ``commands``, at most ``parallel`` at a time, each logged with its own wall time;
+        stop the campaign on the first failure. stdout: the (single) command's output file."""
+        for c in commands:
+            print(f"[{step}] {shlex.join(c)}", flush=True)
+        if self.dry_run:
+            return
+        pending, failed = list(commands), 0
+        running: list[tuple[list[str], float, subprocess.Popen[bytes]]] = []
+        sink = open(stdout, "wb") if stdout is not None else None  # noqa: SIM115 - closed below
+        try:
+            while pending or running:
+                while pending and len(running) < self.recipe.parallel:
+                    c = pending.pop(0)
+                    running.append((c, time.time(), subprocess.Popen(c, env=self._env(), stdout=sink)))
+                time.sleep(1.0)
+                for item in [r for r in running if r[2].poll() is not None]:
+                    running.remove(item)
+                    c, t0, proc = item
+                    self._record(step, c, t0, proc.returncode)
+                    failed = failed or proc.returncode
+        finally:
+            if sink is not None:
+                sink.close()
+        if failed:
+            if stdout is not None:
+                stdout.unlink(missing_ok=True)
+            sys.exit(f"[{step}] a command failed (exit code {failed}); fix it and run the campaign again "
+                     "(it resumes)")
+
+    # -- the steps --------------------------------------------------------------------------
+    def _train(self, model: str, out: Path, epochs: int, *extra: str) -> list[str] | None:
+        """The training command, or None when ``out`` is finished. Resumes a started run."""
+        if (out / "run.json").is_file():
+            return None
+        r = self.recipe
+        cmd = [str(BIN / "defectnet-train"), "--model", model, "--data", str(self.data), "--out", str(out),
+               "--backbone", r.backbone, "--preset", r.preset, "--scale", r.scale, "--batch-size",
+               str(r.batch_size), "--lr", str(r.lr), "--epochs", str(epochs), "--seed", str(r.seed),
+               "--no-progress", *extra]
+        if any(p.is_dir() for p in (out / "checkpoints", out / "classifier" / "checkpoints")):
+            cmd.append("--resume")
+        return cmd
+
+    def step_data(self) -> None:
+        r = self.recipe
+        for folder, images, seed, test_share in ((self.data, r.images, r.seed, 0.2),
+                                                 (self.holdout, r.holdout_images, r.holdout_seed, 0.9)):
+            if not (folder / "annotations" / "test.json").is_file():
+                self.run("data", [str(BIN / "defectnet-synth"), r.kind, "--out", str(folder), "--images",
+                                  str(images), "--seed", str(seed), "--test-share", str(test_share), "--overwrite",
+                                  "--quiet"])
+
+    def step_stage1(self) -> None:
+        if cmd := self._train("one-model", self.stage1, self.recipe.stage1_epochs):
+            self.run("stage1", cmd)
+
+    def step_stage2(self) -> None:
+        rows = [row for row in self.recipe.rows if row in DETECTOR_ROWS]
+        cmds = [c for row in rows
+                if (c := self._train(row, self.run_dir(row), self.recipe.stage2_epochs, "--init", str(self.stage1)))]
+        if cmds:
+            self.run("stage2", *cmds)
+
+    def step_twomodel(self) -> None:
+        r = self.recipe
+        cmds = [c for row in r.rows if row in TWO_MODEL_ROWS
+                if (c := self._train(row, self.run_dir(row), r.stage2_epochs, "--detector",
+                                     str(self.run_dir("one-model")), "--classifier-epochs", str(r.stage2_epochs)))]
+        if cmds:
+            self.run("twomodel", *cmds)
+
+    def step_eval(self) -> None:
+        r = self.recipe
+        gated = [row for row in r.rows if row in DETECTOR_ROWS and row != "one-model"]
+        for row in gated:
+            run = self.run_dir(row)
+            if (run / "gate_threshold.json").is_file():
+                continue
+            if not (run / "engine" / "manifest.json").is_file():
+                self.run("eval", [str(BIN / "defectnet-export"), "--checkpoint", str(run), "--data", str(self.data)])
+            self.run("eval", [str(BIN / "defectnet-calibrate-gate"), "--engine", str(run / "engine"), "--data",
+                              str(self.data), "--split", "test", "--target-recall", str(r.target_recall), "--json",
+                              "--no-progress"], stdout=run / "gate_threshold.json")
+        runs = [str(self.run_dir(row)) for row in r.rows]
+        evals: list[tuple[Path, list[str], list[str]]] = [(self.out / "eval_holdout_argmax.json", runs, [])]
+        for row in gated:
+            calibrated = self.run_dir(row) / "gate_threshold.json"
+            if not calibrated.is_file():  # only in a dry run
+                continue
+            threshold = json.loads(calibrated.read_text())["threshold"]
+            evals.append((self.out / f"eval_holdout_{row}_recall{r.target_recall:g}.json",
+                          [str(self.run_dir(row))], ["--gate-threshold", str(threshold)]))
+        for result, rows, extra in evals:
+            if not result.is_file():
+                self.run("eval", [str(BIN / "defectnet-eval"), *rows, "--data", str(self.holdout), "--out",
+                                  str(result), "--no-progress", *extra])
+
+    def step_pack(self) -> None:
+        out = self.out / "reference-const"
+        if "const" in self.recipe.rows and not (out / "run.json").is_file():
+            self.run("pack", [str(BIN / "defectnet-pack-run"), str(self.run_dir("const")), "--out", str(out),
+                              "--overwrite"])
+
+    def __call__(self, until: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.dry_run:
+            (self.out / "campaign.json").write_text(json.dumps(asdict(self.recipe), indent=2) + "\n")
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            getattr(self, f"step_{stage}")()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/reference"))
+    parser.add_argument("--kind", choices=("fabric", "bottle"), default=Recipe.kind)
+    parser.add_argument("--rows", choices=sorted(ROW_SETS), default="reference",
+                        help="reference: one-model + const; seed: the seed table's seven rows")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1])
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--stage1-epochs", type=int, default=Recipe.stage1_epochs)
+    parser.add_argument("--stage2-epochs", type=int, default=Recipe.stage2_epochs)
+    parser.add_argument("--images", type=int, default=Recipe.images)
+    parser.add_argument("--parallel", type=int, default=Recipe.parallel)
+    parser.add_argument("--scale", default=None, help="train scale [default: fabric 640x256, bottle 512x384]")
+    args = parser.parse_args(argv)
+    scale = args.scale or ("640x256" if args.kind == "fabric" else "512x384")
+    recipe = Recipe(kind=args.kind, rows=ROW_SETS[args.rows], images=args.images, stage1_epochs=args.stage1_epochs,
+                    stage2_epochs=args.stage2_epochs, parallel=args.parallel, scale=scale)
+    Campaign(args.out, recipe, args.dry_run)(args.until)
+
+
+if __name__ == "__main__":
+    main()
