@@ -24,7 +24,8 @@ from tqdm import tqdm
 from defectnet.errors import ConfigError, DataError
 from defectnet.evaluation.coco_map import coco_map, detections_to_coco
 from defectnet.evaluation.f1 import SCORE_THRESHOLD, gate_metrics, image_f1, predicted_defective
-from defectnet.evaluation.timing import Clock, LatencyTimer, device_sync, summarize_times
+from defectnet.evaluation.records import gate_ranking, group_detections, round_p
+from defectnet.evaluation.timing import Clock, LatencyTimer, device_sync, summarize_times, thread_counts
 from defectnet.structures import Detections, ImageBatch
 
 
@@ -42,7 +43,15 @@ class EvalResult:
     mAP / AP50: COCO AP@[.5:.95] / AP@.5 over defect categories; per_class_AP(50): name ->
     AP (None for a category without ground truth). F1: macro image-level F1. gate_recall /
     gate_precision: of the gate's "run the detector" decisions (None for a model without
-    gate). att_*: see :mod:`defectnet.evaluation.timing`.
+    gate). att_*: see :mod:`defectnet.evaluation.timing`. gate_roc_auc /
+    gate_average_precision: of P(defective) against the ground truth, from the per-image
+    records (:mod:`defectnet.evaluation.ranking`; None without a gate).
+    effective_gate_threshold: the P(defective) threshold the gate ran at (``gate_threshold``
+    is the override given; None there = the model's own). threads: the thread counts the
+    timing ran with (:func:`~defectnet.evaluation.timing.thread_counts`). per_image: the
+    records every number above is computed from (:mod:`defectnet.evaluation.records`;
+    ``detections`` is moved to the sidecar file named by ``detections_file`` when the result
+    is written).
     """
 
     model: str
@@ -80,6 +89,12 @@ class EvalResult:
     run_dir: str | None = None
     split: str | None = None
     notes: list[str] = field(default_factory=list)
+    gate_roc_auc: float | None = None
+    gate_average_precision: float | None = None
+    effective_gate_threshold: float | None = None
+    threads: dict[str, Any] = field(default_factory=dict)
+    per_image: dict[str, list[Any]] = field(default_factory=dict)
+    detections_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -96,6 +111,18 @@ class EvalResult:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
         return cls(**dict(d))
+
+
+def _threshold_of(model: Any, override: float | None) -> float | None:
+    """The gate threshold ``model`` runs at: the override, else its own (a Pipeline's or a
+    TwoModel's ``gate_threshold``, a DefectNet's ``config.gate_threshold``)."""
+    if override is not None:
+        return float(override)
+    for owner in (model, getattr(model, "config", None)):
+        value = getattr(owner, "gate_threshold", None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 def _run_model(model: InferenceModel, batch: ImageBatch, device: torch.device,
@@ -169,8 +196,16 @@ def evaluate(model: InferenceModel, dataset: Any, *, name: str = "model", device
             truth.append(bool(dataset.is_defective(i)))
     results = detections_to_coco(dets, image_ids, factors, originals, label_map)
     mres = coco_map(dataset.coco_gt(), results, category_ids=sorted(label_map.values()))
-    f1 = image_f1([predicted_defective(d, score_threshold) for d in dets], truth)
+    predicted = [predicted_defective(d, score_threshold) for d in dets]
+    f1 = image_f1(predicted, truth)
     gate = gate_metrics([d.ran_detector for d in dets], truth)
+    p_rounded = [round_p(d.p_defective) for d in dets]
+    ranking = gate_ranking(p_rounded, truth) if has_gate else None
+    per_image: dict[str, list[Any]] = {
+        "image_id": image_ids, "defective": truth, "p_defective": p_rounded,
+        "ran_detector": [bool(d.ran_detector) for d in dets], "predicted_defective": predicted,
+        "model_ms": [round(t * 1e3, 4) for t in timer.times],
+        "detections": group_detections(results, image_ids)}
     timing = summarize_times(timer.times, truth, att_one_ms)
     notes: list[str] = []
     if timing.att_one_source == "own_att_defective":
@@ -192,7 +227,11 @@ def evaluate(model: InferenceModel, dataset: Any, *, name: str = "model", device
         num_detector_runs=gate.passed, num_detections=mres.num_detections,
         confusion={"tp": f1.tp, "fp": f1.fp, "fn": f1.fn, "tn": f1.tn}, has_gate=has_gate,
         warmup=min(warmup, n), score_threshold=score_threshold, gate_threshold=gate_threshold,
-        device=str(dev), remark=remark, notes=notes)
+        device=str(dev), remark=remark, notes=notes,
+        gate_roc_auc=ranking.roc_auc if ranking else None,
+        gate_average_precision=ranking.average_precision if ranking else None,
+        threads=thread_counts(getattr(model, "backend", None)), per_image=per_image,
+        effective_gate_threshold=_threshold_of(model, gate_threshold) if has_gate else None)
 
 
 def _schedule_tag(epochs: int) -> str:
@@ -275,16 +314,19 @@ def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os
 def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
                     backend: str = "onnxruntime", split: str = "test", warmup: int = 3,
                     att_one_ms: float | None = None, gate_threshold: float | None = None,
-                    progress: bool = True, scale: tuple[int, int] | None = None) -> EvalResult:
+                    progress: bool = True, scale: tuple[int, int] | None = None, threads: int = 0) -> EvalResult:
     """Evaluate an exported engine folder through :class:`defectnet.runtime.Pipeline` on
     ``backend`` with exactly the metrics of :func:`evaluate` (batch 1, model part timed), at the
-    engine's preprocessing scale or at ``scale`` (the graphs take any size)."""
+    engine's preprocessing scale or at ``scale`` (the graphs take any size). threads: the
+    backend's intra-op threads (0 = the library's default; for the torch backend it must equal
+    the process's torch thread count)."""
     from defectnet.data.coco import load_split
     from defectnet.runtime import Pipeline, load_engine
+    from defectnet.runtime.backends import BackendOptions
     from defectnet.runtime.types import EngineKind
 
     engine = load_engine(engine_dir)
-    pipeline = Pipeline.from_engine(engine, backend)
+    pipeline = Pipeline.from_engine(engine, backend, backend_options=BackendOptions(threads=threads))
     dataset = load_split(Path(data_dir), split, scale=scale or engine.preprocessor.scale, train=False)
     if tuple(dataset.class_names) != tuple(engine.class_names):
         raise DataError(f"engine {engine_dir} detects {list(engine.class_names)} but {data_dir} has "

@@ -22,8 +22,8 @@ from defectnet.evaluation.evaluate import EvalResult
 SEED_HEADER = ("| Model | mAP | F1-score | ATT(MS) | ATT_normal(MS) | ATT_defective(MS) | Remark |\n"
                "|------------|:--------:|:--------:|:------------:|:-----------------|:-----------------|"
                ":-----------------|")
-DEPLOY_HEADER = ("| Model | AP50 | gate recall | gate precision | detector runs | ATT_ideal(MS) | "
-                 "p50(MS) | p99(MS) |\n|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|")
+DEPLOY_HEADER = ("| Model | AP50 | gate recall | gate precision | gate ROC AUC | gate AP | detector runs | "
+                 "ATT_ideal(MS) | p50(MS) | p99(MS) |\n|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|")
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -42,10 +42,11 @@ def seed_table(results: Sequence[EvalResult]) -> str:
 
 
 def deployment_table(results: Sequence[EvalResult]) -> str:
-    """AP50, the gate's recall (1 - escape rate) and precision, how many images ran the
-    detector, ATT_ideal and latency percentiles."""
+    """AP50, the gate's recall (1 - escape rate), precision, ROC AUC and average precision
+    (from the per-image P), how many images ran the detector, ATT_ideal and latency
+    percentiles."""
     rows = [f"|{r.model}| {_num(r.AP50)} | {_num(r.gate_recall)} | {_num(r.gate_precision)} | "
-            f"{r.num_detector_runs}/{r.num_images} | {_num(r.att_ideal_ms)} | {_num(r.att_p50_ms)} | "
+            f"{_num(r.gate_roc_auc)} | {_num(r.gate_average_precision)} | {r.num_detector_runs}/{r.num_images} | {_num(r.att_ideal_ms)} | {_num(r.att_p50_ms)} | "
             f"{_num(r.att_p99_ms)} |" for r in results]
     return "\n".join([DEPLOY_HEADER, *rows])
 

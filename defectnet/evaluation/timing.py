@@ -20,7 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -66,6 +66,34 @@ class LatencyTimer:
             return out, None
         self.times.append(elapsed)
         return out, elapsed
+
+
+def thread_counts(backend: Any = None) -> dict[str, Any]:
+    """The thread counts a timing runs with, for the results file.
+
+    ``torch`` / ``torch_interop``: torch's process-wide intra-op and inter-op pools (they
+    time a PyTorch model, and torch ops around any backend). With a runtime ``backend``
+    (a wrapper's ``inner`` is followed): ``backend`` (its name) and ``backend_threads``, its
+    own intra-op setting (ONNX Runtime ``intra_op_num_threads``, OpenVINO
+    ``INFERENCE_NUM_THREADS``; 0 = the library's default, which is one thread per physical
+    core for ONNX Runtime and all cores for OpenVINO; for the torch backend torch's count).
+    """
+    out: dict[str, Any] = {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads()}
+    if backend is None:
+        return out
+    inner = backend
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    out["backend"] = str(getattr(inner, "name", type(inner).__name__))
+    if out["backend"] == "torch":
+        out["backend_threads"] = out["torch"]
+    else:
+        for attr in ("intra_op_threads", "threads"):
+            value = getattr(inner, attr, None)
+            if isinstance(value, int):
+                out["backend_threads"] = value
+                break
+    return out
 
 
 def att_ideal(att_one: float, alpha: float, beta: float) -> float:

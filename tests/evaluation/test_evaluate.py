@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 from defectnet.data.coco import Sample
+from defectnet.errors import DataError
 from defectnet.evaluation.evaluate import EvalResult, evaluate, warmup_indices
 from defectnet.evaluation.report import SEED_HEADER, deployment_table, seed_table
 from defectnet.structures import Detections
@@ -143,3 +144,32 @@ def test_seed_table_layout_and_labels() -> None:
     assert row[header.index("ATT_defective(MS)")] == "65.573"
     assert row[-1] == "cascade_rcnn_r50_fpn_12e"
     assert "gate recall" in deployment_table([_result("x", 1.0, 2.0)])
+
+
+def test_per_image_records_recompute_every_number() -> None:
+    """The records in the result give back its mAP, AP50, F1 and gate numbers (no model call),
+    and the gate's ROC AUC / average precision come from the same P(defective) values."""
+    from defectnet.evaluation.records import recompute
+    from defectnet.evaluation.timing import thread_counts
+
+    clock = Clock()
+    r = evaluate(FakeModel(clock), FakeData(), name="defectnet_const", warmup=0, clock=clock, progress=False)
+    rec = r.per_image
+    assert rec["defective"] == [p[0] for p in PLAN] and rec["ran_detector"] == [p[1] for p in PLAN]
+    assert rec["image_id"] == [1, 2, 3, 4, 5, 6] and rec["p_defective"] == [0.9, 0.9, 0.1, 0.1, 0.9, 0.1]
+    assert rec["model_ms"] == pytest.approx([1000 * p[3] for p in PLAN])
+    assert [len(d) for d in rec["detections"]] == [1, 1, 0, 0, 1, 0]
+    assert rec["detections"][0] == [[8.0, 8.0, 16.0, 16.0, 0.9, 4]]  # original pixels, COCO xywh, category id
+    # P ranks defective over normal in 6 of 9 pairs (ties count 1/2)
+    assert r.gate_roc_auc == pytest.approx(6 / 9) and r.gate_average_precision is not None
+    assert r.effective_gate_threshold is None  # the fake model has no threshold of its own
+    assert r.threads == thread_counts()
+    again = recompute(rec, rec["detections"], FakeData().coco_gt(), [4])
+    assert (again.mAP, again.AP50, again.F1) == pytest.approx((r.mAP, r.AP50, r.F1))
+    assert (again.gate_recall, again.gate_precision, again.detector_runs) == (
+        r.gate_recall, r.gate_precision, r.num_detector_runs)
+    # re-gated above every P: nothing runs, nothing is found, every normal image is skipped
+    closed = recompute(rec, rec["detections"], FakeData().coco_gt(), [4], threshold=0.95)
+    assert (closed.mAP, closed.gate_recall, closed.detector_runs, closed.normal_skipped) == (0.0, 0.0, 0, 1.0)
+    with pytest.raises(DataError, match="did not run the detector"):  # P 0.1 images were never detected
+        recompute(rec, rec["detections"], FakeData().coco_gt(), [4], threshold=0.05)
