@@ -156,6 +156,21 @@ def _short(name: str) -> str:
     return name[5:] if name.startswith("loss_") else name
 
 
+def _gate_loss(kind: str, means: dict[str, float], weight: float | None) -> dict[str, float | None]:
+    """The gate's own cross-entropy of an epoch (mean over its iterations), for history.json.
+
+    A DefectNet's ``loss_gate`` is ``w(n) * CE``; ``w(n)`` is constant within an epoch, so
+    ``gate_ce = loss_gate / w(n)`` exactly (None when ``w(n) = 0``: the CE was multiplied
+    away). A two-model's classifier stage is the gate: its ``loss_cls`` is the CE. Models
+    without a gate get no entry.
+    """
+    if kind == ck.KIND_CLASSIFIER and "loss_cls" in means:
+        return {"gate_ce": means["loss_cls"]}
+    if "loss_gate" not in means:
+        return {}
+    return {"gate_ce": means["loss_gate"] / weight if weight else None}
+
+
 def _latest_valid_checkpoint(stage_dir: Path, log: Log) -> Path | None:
     for path in reversed(ck.list_checkpoints(stage_dir)):
         try:
@@ -261,6 +276,7 @@ def fit(stage: Stage, cfg: TrainConfig, stage_dir: Path, model_io: ck.ModelIO, *
                  "losses": means}
         if cfg.gate_schedule is not None and stage.kind == ck.KIND_DETECTOR:
             entry["gate_weight"] = cfg.gate_schedule.weight(epoch)
+        entry.update(_gate_loss(stage.kind, means, entry.get("gate_weight")))
         meta = ck.CheckpointMeta(
             kind=stage.kind, variant=stage.variant, epoch=epoch + 1, iteration=iteration,
             model_config=stage.model_config, train_config=cfg.to_dict(), class_names=list(stage.class_names),

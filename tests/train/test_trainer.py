@@ -62,6 +62,16 @@ def test_defectnet_sees_all_images_with_scheduled_weight(tmp_path: Path, fake_io
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["gate_weight"] for h in history] == [1.0, 0.5, 0.25]
     assert set(history[0]["losses"]) == {"loss_gate", "loss_rpn_cls", "loss"}
+    # the gate's own cross-entropy per epoch: the weighted loss divided by that epoch's weight
+    for h in history:
+        assert h["gate_ce"] == pytest.approx(h["losses"]["loss_gate"] / h["gate_weight"])
+    assert 0.0 < history[2]["gate_ce"] != history[2]["losses"]["loss_gate"]
+
+
+def test_history_gate_ce_only_for_models_with_a_gate(tmp_path: Path, fake_io, fake_data, fake_collate) -> None:
+    _run(_cfg("one-model", epochs=1), tmp_path / "run", fake_io, fake_data, fake_collate)
+    (h,) = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "gate_ce" not in h and "loss_gate" not in h["losses"]
 
 
 def test_lr_recipe_applied(tmp_path: Path, fake_io, fake_data, fake_collate) -> None:
@@ -193,6 +203,8 @@ def test_two_model_trains_detector_and_classifier(tmp_path: Path, fake_io, fake_
     raw = json.loads((run / "run.json").read_text())
     assert raw["kind"] == "two-model" and raw["detector_run"] == "detector"
     assert [p.name for p in ck.list_checkpoints(run / "classifier")] == ["epoch_0001", "epoch_0002"]
+    history = json.loads((run / "classifier" / "history.json").read_text())
+    assert [h["gate_ce"] for h in history] == [h["losses"]["loss_cls"] for h in history]  # the classifier is the gate
     model, info = ck.load_run(run, model_io=fake_io)
     assert info.kind == "two-model" and info.name == "two-model_small" and info.has_gate
     assert info.detector is not None and info.detector.variant == "one-model"
