@@ -305,19 +305,23 @@ class Ingress:
     async def _infer(self, image: Tensor, expires_at: float) -> Outcome:
         job = GateJob(image.numpy(), expires_at)
         delay, stage = 0.05, self.names[0]
+        gated: StageReply | None = None  # the Gate's reply of a positive image (its features' ObjectRef)
         while True:
             try:
                 if self.config.mode == "fused":
                     return _outcome(await self._call(FUSED, job))
-                stage = GATE
-                reply = await self._call(GATE, job)
-                if reply.reason is None:
-                    self.metrics.record_gate(reply.detector_job is not None)
-                if reply.detector_job is None:
-                    return _outcome(reply)
+                if gated is None:
+                    stage = GATE
+                    reply = await self._call(GATE, job)
+                    if reply.reason is None:
+                        self.metrics.record_gate(reply.detector_job is not None)
+                    if reply.detector_job is None:
+                        return _outcome(reply)
+                    gated = reply
                 stage = DETECTOR
-                reply = await self._call(DETECTOR, DetectorCall(reply.detector_job, expires_at))
-                if reply.reason == Reason.UNAVAILABLE:
+                reply = await self._call(DETECTOR, DetectorCall(gated.detector_job, expires_at))
+                if reply.reason == Reason.UNAVAILABLE:  # the features are gone: through the Gate again
+                    gated = None
                     raise _Retry(reply.message)
                 return _outcome(reply)
             except BackPressureError:
