@@ -274,9 +274,10 @@ def fit(stage: Stage, cfg: TrainConfig, stage_dir: Path, model_io: ck.ModelIO, *
         means = {k: v / max(count, 1) for k, v in sums.items()}
         entry = {"epoch": epoch + 1, "iterations": count, "lr_last": lr, "seconds": time.perf_counter() - t0,
                  "losses": means}
+        gate_weight = None
         if cfg.gate_schedule is not None and stage.kind == ck.KIND_DETECTOR:
-            entry["gate_weight"] = cfg.gate_schedule.weight(epoch)
-        entry.update(_gate_loss(stage.kind, means, entry.get("gate_weight")))
+            gate_weight = entry["gate_weight"] = cfg.gate_schedule.weight(epoch)
+        entry.update(_gate_loss(stage.kind, means, gate_weight))
         meta = ck.CheckpointMeta(
             kind=stage.kind, variant=stage.variant, epoch=epoch + 1, iteration=iteration,
             model_config=stage.model_config, train_config=cfg.to_dict(), class_names=list(stage.class_names),
