@@ -18,6 +18,9 @@ JSON layout, schema 1::
     built folders:     precision, backend, build {tool, source_engine, ...},
                        quantization {flavour, flavours, calibration, float_regions} (INT8),
                        tensorrt {engines: {name: {file, sha256, bytes, header}}, ...}, accuracy {...}
+    per-graph folders: backend "auto" or "openvino", precision (or "mixed"), and per graph
+                       graphs.NAME {backend, precision, inference_precision};
+                       selection {chosen, candidates, ...}: what --backend auto measured and chose
     gate_calibration   the operating point defectnet-calibrate-gate chose
     anything else      (gate, exporter, versions, fp16, ...): Manifest.extra, kept as written
 
@@ -217,31 +220,64 @@ def _with(extra: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- blocks
+#: OpenVINO's ``INFERENCE_PRECISION_HINT`` values a graph entry may name.
+INFERENCE_PRECISIONS: tuple[str, ...] = ("f32", "bf16", "f16")
+
+
 @dataclass(frozen=True)
 class GraphEntry:
     """One ONNX graph of the folder: its plain file name and SHA-256 (checked at load), its
-    size in bytes and the input / output names the runtime binds."""
+    size in bytes and the input / output names the runtime binds.
+
+    Per-graph engines (``defectnet-build-engine --backend auto``, and every OpenVINO build)
+    also name, per graph: ``backend`` (the backend that runs it; None = the manifest's
+    ``backend``), ``precision`` (None = the manifest's ``precision``) and, for OpenVINO,
+    ``inference_precision`` (its ``INFERENCE_PRECISION_HINT``: ``f32``, ``bf16`` or ``f16``;
+    OpenVINO's own default on a bf16 CPU is bf16, so the runtime always sets it)."""
 
     file: str
     sha256: str
     size: int | None = None
     inputs: tuple[str, ...] | None = None
     outputs: tuple[str, ...] | None = None
+    backend: BackendName | None = None
+    precision: Precision | None = None
+    inference_precision: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _file_name(self.file, "graph")
+        if self.backend is not None:
+            backend = parse_enum(BackendName, self.backend, "graph backend")
+            if backend in (BackendName.TORCH, BackendName.AUTO):
+                raise ManifestError(f"graph {self.file} names backend {backend!r}; a graph runs on onnxruntime, "
+                                    "openvino or tensorrt")
+            object.__setattr__(self, "backend", backend)
+        if self.precision is not None:
+            precision = parse_enum(Precision, self.precision, "graph precision")
+            if precision == Precision.MIXED:
+                raise ManifestError(f"graph {self.file} has precision 'mixed'; one graph has one precision")
+            object.__setattr__(self, "precision", precision)
+        if self.inference_precision is not None and self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ManifestError(f"graph {self.file}: inference_precision {self.inference_precision!r} is not one of "
+                                f"{', '.join(INFERENCE_PRECISIONS)}")
 
     @classmethod
     def from_json(cls, data: Any, path: str = "graphs.NAME") -> GraphEntry:
         """Validate the ``graphs.NAME`` JSON object."""
         o = _obj(data, path)
+        backend = o.text("backend", required=False, null=True)
+        precision = o.text("precision", required=False, null=True)
         return cls(o.text("file") or "", o.text("sha256") or "", o.integer("bytes", required=False),
-                   o.texts("inputs", required=False), o.texts("outputs", required=False), o.rest())
+                   o.texts("inputs", required=False), o.texts("outputs", required=False),
+                   backend=None if backend is None else parse_enum(BackendName, backend, f"{o.name('backend')}"),
+                   precision=None if precision is None else parse_enum(Precision, precision, f"{o.name('precision')}"),
+                   inference_precision=o.text("inference_precision", required=False, null=True), extra=o.rest())
 
     def to_json(self) -> dict[str, Any]:
         return _with(self.extra, file=self.file, sha256=self.sha256, bytes=self.size, inputs=self.inputs,
-                     outputs=self.outputs)
+                     outputs=self.outputs, backend=self.backend, precision=self.precision,
+                     inference_precision=self.inference_precision)
 
 
 @dataclass(frozen=True)
@@ -513,6 +549,35 @@ class GateCalibration:
                 "previous_threshold": self.previous_threshold}
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How ``defectnet-build-engine --backend auto`` chose each graph: chosen: graph name ->
+    the chosen candidate's name (e.g. ``openvino int8``); candidates: graph name -> every
+    candidate it measured (``name``, ``backend``, ``precision``, ``median_ms``, ``times_ms``,
+    ``status``: chosen / slower / slower than fp32 / failed the accuracy gate / not needed);
+    extra: the timing settings (threads, input size, repetitions, machine) and the accuracy
+    evaluations."""
+
+    chosen: Mapping[str, str] = field(default_factory=dict)
+    candidates: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any, path: str = "selection") -> Selection:
+        """Validate the ``selection`` JSON object."""
+        o = _obj(data, path)
+        raw = o.mapping("candidates", required=False) or {}
+        for name, items in raw.items():
+            if not (isinstance(items, list) and all(isinstance(c, dict) for c in items)):
+                raise ManifestError(f"field {o.name('candidates')}.{name} must be a list of objects")
+        return cls(o.text_map("chosen", required=False) or {},
+                   {name: tuple(items) for name, items in raw.items()}, o.rest())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_plain(self.extra), "chosen": dict(self.chosen),
+                "candidates": {name: _plain(items) for name, items in self.candidates.items()}}
+
+
 # ----------------------------------------------------------------------------- the manifest
 @dataclass(frozen=True)
 class Manifest:
@@ -521,7 +586,9 @@ class Manifest:
     kind: what the graphs run. graphs: graph name -> :class:`GraphEntry` (every graph the
     kind needs is there). gate_threshold: P(defective) at or above which the detector runs.
     precision / backend: what a built folder was built as and for (a plain export: fp32,
-    backend None, serving every backend). source: the checkpoint it was exported from. The
+    backend None, serving every backend; a per-graph engine: backend ``auto`` and each
+    graph's entry names its backend and precision, see :meth:`graph_backend`). source: the
+    checkpoint it was exported from. The
     optional blocks are None when the folder has none. extra: every other top-level field,
     as written.
     """
@@ -545,6 +612,7 @@ class Manifest:
     tensorrt: TensorRtPlans | None = None
     accuracy: Accuracy | None = None
     gate_calibration: GateCalibration | None = None
+    selection: Selection | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     format: str = ENGINE_FORMAT
     schema_version: int = SCHEMA_VERSION
@@ -556,8 +624,8 @@ class Manifest:
         if self.backend is not None:
             set_(self, "backend", parse_enum(BackendName, self.backend, "backend"))
             if self.backend == BackendName.TORCH:
-                raise ManifestError("backend 'torch' is not an engine target (a built folder is for onnxruntime "
-                                    "or tensorrt)")
+                raise ManifestError("backend 'torch' is not an engine target (a built folder is for onnxruntime, "
+                                    "openvino, tensorrt or auto)")
         set_(self, "class_names", tuple(self.class_names))
         set_(self, "graphs", dict(self.graphs))
         if self.format != ENGINE_FORMAT:
@@ -584,6 +652,21 @@ class Manifest:
     @property
     def has_tensorrt_plans(self) -> bool:
         return self.tensorrt is not None and bool(self.tensorrt.engines)
+
+    def graph_backend(self, name: str) -> BackendName:
+        """The backend that runs graph ``name``: its entry's ``backend``, else the manifest's
+        (``auto`` without per-graph entries, and a plain export: onnxruntime)."""
+        entry = self.graphs.get(name)
+        if entry is not None and entry.backend is not None:
+            return entry.backend
+        if self.backend is None or self.backend == BackendName.AUTO:
+            return BackendName.ONNXRUNTIME
+        return self.backend
+
+    def graph_precision(self, name: str) -> Precision:
+        """Graph ``name``'s precision: its entry's, else the manifest's."""
+        entry = self.graphs.get(name)
+        return entry.precision if entry is not None and entry.precision is not None else self.precision
 
     def required_graphs(self) -> tuple[str, ...]:
         return REQUIRED_GRAPHS[self.kind]
@@ -657,6 +740,7 @@ class Manifest:
             tensorrt=block("tensorrt", TensorRtPlans.from_json),
             accuracy=block("accuracy", Accuracy.from_json),
             gate_calibration=block(GATE_CALIBRATION_KEY, GateCalibration.from_json),
+            selection=block("selection", Selection.from_json),
             extra=o.rest())
 
     def to_json(self) -> dict[str, Any]:
@@ -676,7 +760,8 @@ class Manifest:
                 out[key] = value
         blocks: dict[str, Any] = {"source": self.source, "tensorrt_check": self.tensorrt_check, "build": self.build,
                                   "quantization": self.quantization, "tensorrt": self.tensorrt,
-                                  "accuracy": self.accuracy, GATE_CALIBRATION_KEY: self.gate_calibration}
+                                  "accuracy": self.accuracy, GATE_CALIBRATION_KEY: self.gate_calibration,
+                                  "selection": self.selection}
         out.update({key: b.to_json() for key, b in blocks.items() if b is not None})
         return out
 
@@ -688,5 +773,6 @@ def write_manifest(root: str | os.PathLike[str], manifest: Manifest, name: str =
 
 __all__ = ["Accuracy", "BuildInfo", "CLASSIFIER", "DETECTOR", "ENGINE_FORMAT", "GATE", "GATE_CALIBRATION_KEY",
            "GRAPH_FILES", "GateCalibration", "GraphEntry", "MANIFEST_FILE", "Manifest", "ManifestError", "PlanEntry",
-           "Preprocessing", "Quantization", "REQUIRED_GRAPHS", "SCHEMA_VERSION", "SourceInfo", "TensorRtCheck",
+           "INFERENCE_PRECISIONS", "Preprocessing", "Quantization", "REQUIRED_GRAPHS", "SCHEMA_VERSION", "Selection",
+           "SourceInfo", "TensorRtCheck",
            "TensorRtPlans", "Verification", "parse_enum", "rebuild_hint", "reexport_hint", "write_manifest"]

@@ -11,20 +11,32 @@ from enum import StrEnum
 
 
 class BackendName(StrEnum):
-    """An inference backend: the engine's ONNX graphs on ONNX Runtime, the PyTorch checkpoint
-    the engine was exported from, or the folder's serialized TensorRT plans."""
+    """An inference backend: the engine's ONNX graphs on ONNX Runtime or OpenVINO, the
+    PyTorch checkpoint the engine was exported from, or the folder's serialized TensorRT
+    plans. ``auto`` runs every graph on the backend its manifest entry names (a per-graph
+    engine from ``defectnet-build-engine --backend auto``, e.g. an ONNX Runtime gate with an
+    OpenVINO detector; a folder without per-graph entries runs on its ``backend``, else ONNX
+    Runtime)."""
 
     ONNXRUNTIME = "onnxruntime"
     TORCH = "torch"
     TENSORRT = "tensorrt"
+    OPENVINO = "openvino"
+    AUTO = "auto"
 
 
 class Precision(StrEnum):
-    """The numeric precision of an engine folder's graphs (a plain export is ``fp32``)."""
+    """The numeric precision of an engine folder's graphs (a plain export is ``fp32``).
+
+    ``fp16`` / ``bf16``: half precision (``--fp16``): TensorRT's FP16 graphs; on a CPU,
+    OpenVINO's bf16 inference where the CPU has bf16, else fp16 weights. ``mixed``: the
+    graphs of a per-graph engine differ (each graph's manifest entry names its own)."""
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    BF16 = "bf16"
+    MIXED = "mixed"
 
 
 class EngineKind(StrEnum):

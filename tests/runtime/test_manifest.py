@@ -175,8 +175,8 @@ def _pop(key: str) -> Callable[[dict[str, Any]], None]:
     (lambda m: m["graphs"]["gate"].update(bytes="many"), r"field 'graphs.gate.bytes' must be an integer"),
     (_set(preprocessing={"scale": [320], "size_divisor": 32}), r"'preprocessing.scale' must be two integers"),
     (_set(kind="three-model"), r"unknown engine kind 'three-model' \(known: defectnet, one-model, two-model\)"),
-    (_set(precision="fp8"), r"unknown precision 'fp8' \(known: fp32, fp16, int8\)"),
-    (_set(backend="openvino"), r"unknown backend 'openvino' \(known: onnxruntime, torch, tensorrt\)"),
+    (_set(precision="fp8"), r"unknown precision 'fp8' \(known: fp32, fp16, int8, bf16, mixed\)"),
+    (_set(backend="directml"), r"unknown backend 'directml' \(known: onnxruntime, torch, tensorrt, openvino, auto\)"),
     (_set(tensorrt={"engines": {"gate": {"sha256": "x"}}}), r"field 'tensorrt.engines.gate.file' is missing"),
     (_set(verification={"runs": []}), r"field 'verification.passed' is missing"),
 ])
@@ -191,8 +191,8 @@ def test_invalid_field(run_engine: Path, change: Callable[[dict[str, Any]], None
 
 def test_invalid_built_folder_says_rebuild(run_engine: Path) -> None:
     data = _built(_exported(run_engine))
-    data["quantization"]["flavour"] = "openvino"
-    with pytest.raises(EngineError, match=r"unknown quantization.flavour 'openvino'.*rebuild it with "
+    data["quantization"]["flavour"] = "directml"
+    with pytest.raises(EngineError, match=r"unknown quantization.flavour 'directml'.*rebuild it with "
                                           r"defectnet-build-engine --engine /runs/const/engine --out /e$"):
         Manifest.from_json(data, "/e")
 

@@ -3,6 +3,10 @@
 * :class:`OnnxRuntimeBackend` (:mod:`.onnx_runtime`): the engine's ONNX graphs; CPU by default.
 * :class:`TorchBackend` (:mod:`.pytorch`): the PyTorch checkpoint the engine was exported from.
 * ``TensorRtBackend`` (:mod:`.trt`): the folder's TensorRT plans; imported lazily (NVIDIA GPU).
+* ``OpenVinoBackend`` (:mod:`.openvino`): the engine's ONNX graphs on OpenVINO's CPU plugin;
+  imported lazily (the package imports without openvino).
+* ``auto``: each graph on the backend the engine's manifest names for it
+  (:mod:`.per_graph`; one backend when every graph names the same).
 
 Build backends with :func:`make_backend` and a :class:`BackendOptions` (:mod:`.options`:
 threads, device, providers, spinning; validated on creation); every caller (Pipeline,
@@ -32,9 +36,10 @@ def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str 
                  options: BackendOptions | None = None) -> Backend:
     """The one backend factory (not loaded yet: :meth:`Backend.load` or the Pipeline does that).
 
-    source: an :class:`Engine` (every backend: ``onnxruntime`` runs its graphs, ``torch`` the
-    checkpoint it was exported from, ``tensorrt`` its serialized plans, imported lazily), or
-    a PyTorch model in memory (``torch`` only). options: :class:`BackendOptions` (default:
+    source: an :class:`Engine` (every backend: ``onnxruntime`` and ``openvino`` run its
+    graphs, ``torch`` the checkpoint it was exported from, ``tensorrt`` its serialized plans,
+    ``auto`` each graph on the backend the manifest names for it), or a PyTorch model in
+    memory (``torch``, or ``auto``, which means torch there). options: :class:`BackendOptions` (default:
     CPU, the libraries' thread defaults); see :mod:`.options` for which backend uses which
     field, and why the torch thread count is process-wide.
     """
@@ -44,7 +49,7 @@ def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str 
     if name not in BACKENDS:
         raise EngineError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
     if not isinstance(source, Engine):
-        if name != TorchBackend.name:
+        if name not in (TorchBackend.name, BackendName.AUTO):
             raise ConfigError(f"a PyTorch model in memory runs only on the torch backend, not {name!r}; export it "
                               "to an engine folder (defectnet-export) for onnxruntime or tensorrt")
         _check_torch_threads(opts.threads)
@@ -55,6 +60,17 @@ def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str 
     if name == TorchBackend.name:
         _check_torch_threads(opts.threads)
         return TorchBackend.from_engine(source, opts.device)
+    if name == BackendName.AUTO:
+        from defectnet.runtime.backends.per_graph import backend_for_engine
+
+        return backend_for_engine(source, lambda engine, backend: make_backend(engine, backend, opts))
+    if name == BackendName.OPENVINO:
+        from defectnet.runtime.backends.openvino import OpenVinoBackend
+
+        if opts.device != "cpu":
+            raise ConfigError(f"the openvino backend runs on the CPU here, not on {opts.device!r}; use device 'cpu' "
+                              "(or --backend tensorrt / onnxruntime with CUDA providers for an NVIDIA GPU)")
+        return OpenVinoBackend(source, threads=opts.threads)
     from defectnet.runtime.backends.trt import TensorRtBackend
 
     return TensorRtBackend(source, "cuda" if opts.device == "cpu" else opts.device)

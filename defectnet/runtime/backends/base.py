@@ -88,6 +88,19 @@ class Backend(abc.ABC):
         device = getattr(self, "device", "cpu")
         return {name: torch.from_numpy(np.ascontiguousarray(value)).to(device) for name, value in features.items()}
 
+    def features_as_arrays(self, features: Any) -> dict[str, np.ndarray]:
+        """Host arrays ``{level: [K, C, h, w]}`` of the features for *another backend in this
+        process* (a per-graph engine: e.g. an ONNX Runtime gate handing C2..C5 to an OpenVINO
+        detector). Unlike :meth:`features_to_host` they may share the features' memory (no
+        copy on the CPU), so they are valid only while ``features`` lives and must not be
+        written. This default copies (:meth:`features_to_host`)."""
+        return self.features_to_host(features)
+
+    def features_from_arrays(self, features: Mapping[str, np.ndarray]) -> Any:
+        """Features :meth:`run_detector` takes, from :meth:`features_as_arrays` of another
+        backend; may share the arrays' memory (keeping them referenced). This default is
+        :meth:`features_from_host`."""
+        return self.features_from_host(features)
 
 
 def select_rows(features: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:

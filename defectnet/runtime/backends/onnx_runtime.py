@@ -162,8 +162,15 @@ class OnnxRuntimeBackend(Backend):
         """OrtValues (on the session's device) -> new numpy arrays."""
         return {name: np.array(value.numpy(), copy=True) for name, value in features.items()}
 
+    def features_as_arrays(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Views of the OrtValues' memory on the CPU (no copy); copies from a GPU."""
+        if self.device != "cpu":
+            return self.features_to_host(features)
+        return {name: value.numpy() for name, value in features.items()}
+
     def features_from_host(self, features: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """numpy arrays -> OrtValues on the session's device (what :meth:`run_detector` binds)."""
+        """numpy arrays -> OrtValues on the session's device (what :meth:`run_detector` binds;
+        on the CPU they share the arrays' memory, which ``OrtValue`` keeps referenced)."""
         self.load()
         return {name: self._ortvalue(value) for name, value in features.items()}
 

@@ -2,12 +2,14 @@
 
 One options object for every backend; each backend uses the fields that apply to it::
 
-    field           onnxruntime                    torch                      tensorrt
-    threads         intra_op_num_threads/session   must equal the process's   -
-                                                   torch.get_num_threads()
-    device          - (providers decide)           cpu / cuda / cuda:N        cuda / cuda:N (cpu -> cuda)
-    providers       cpu / auto / provider names    -                          -
-    allow_spinning  intra-op threads busy-wait     -                          -
+    field           onnxruntime                    torch                      tensorrt                     openvino
+    threads         intra_op_num_threads/session   must equal the process's   -                            INFERENCE_NUM_THREADS
+                                                   torch.get_num_threads()                                 per graph
+    device          - (providers decide)           cpu / cuda / cuda:N        cuda / cuda:N (cpu -> cuda)  cpu only
+    providers       cpu / auto / provider names    -                          -                            -
+    allow_spinning  intra-op threads busy-wait     -                          -                            -
+
+``auto`` (a per-graph engine) passes the same options to the backend of each graph.
 
 **Threads and PyTorch.** ONNX Runtime gives every session its own intra-op pool, so
 ``threads`` is a per-backend setting there. PyTorch has one intra-op pool per *process*
