@@ -6,6 +6,8 @@
       -> ORT basic graph optimisation (defectnet.calibration.prepare)
       -> precision: fp32 | int8 (calibrate once, two Q/DQ flavours) | fp16 (float32 islands)
       -> backend:  onnxruntime (the graphs) | tensorrt (+ serialized plans with provenance)
+                   | openvino, auto: per-graph builds (:mod:`.per_graph`: the graphs' candidates
+                   on ONNX Runtime and OpenVINO timed side by side, the fastest that passes)
       -> manifest.json (same schema as the export + precision, backend, build, quantization/fp16,
          tensorrt, accuracy) -> accuracy gate on the test split -> final manifest.json
 
@@ -21,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,13 @@ from defectnet.runtime.types import BackendName, Precision
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: tuple[Precision, ...] = tuple(Precision)
-#: The backends an engine folder is built for (torch runs the checkpoint, not a build).
-ENGINE_BACKENDS: tuple[BackendName, ...] = (BackendName.ONNXRUNTIME, BackendName.TENSORRT)
+#: The precisions a build can be asked for (bf16 / mixed are what a CPU --fp16 / auto build records).
+PRECISIONS: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+#: The backends an engine folder is built for (torch runs the checkpoint, not a build);
+#: openvino and auto are per-graph builds (:mod:`defectnet.engine_build.per_graph`).
+ENGINE_BACKENDS: tuple[BackendName, ...] = (BackendName.ONNXRUNTIME, BackendName.TENSORRT, BackendName.OPENVINO,
+                                            BackendName.AUTO)
+PER_GRAPH_BACKENDS: tuple[BackendName, ...] = (BackendName.OPENVINO, BackendName.AUTO)
 REJECTED_MANIFEST = "manifest.rejected.json"
 BUILD_TOOL = "defectnet-build-engine"
 
@@ -65,10 +71,14 @@ class BuildOptions:
     / workspace_gb: TensorRT only (None profile: :func:`default_profile` of the engine's
     scale and the data's most common padded size). calibration: one setting for every
     graph, or per graph name (default :func:`recommended_settings`: MinMax for the gate,
-    percentile 99.99 for the detector).
+    percentile 99.99 for the detector). precision None: every precision competes (``auto``
+    only). timings / timing_repeat / cpu_capabilities: per-graph builds only -- injected
+    candidate timings (graph -> candidate name -> ms; deterministic choice, for tests),
+    interleaved repetitions when measuring, and the OpenVINO CPU capabilities to assume
+    (None = this CPU's) when choosing what ``--fp16`` means.
     """
 
-    precision: Precision = Precision.FP32
+    precision: Precision | None = Precision.FP32
     backend: BackendName = BackendName.ONNXRUNTIME
     data_dir: Path | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
@@ -83,28 +93,50 @@ class BuildOptions:
     threads: int = 0
     progress: bool = False
     log: Callable[[str], None] = field(default=log.info)
+    timings: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+    timing_repeat: int = 9
+    cpu_capabilities: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.backend not in ENGINE_BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(ENGINE_BACKENDS)}")
-        self.precision, self.backend = Precision(self.precision), BackendName(self.backend)
+        if isinstance(self.timing_repeat, bool) or not isinstance(self.timing_repeat, int) or self.timing_repeat < 1:
+            raise ConfigError(f"timing_repeat must be an integer >= 1, got {self.timing_repeat!r}")
+        self.precision = None if self.precision is None else Precision(self.precision)
+        self.backend = BackendName(self.backend)
+        if self.cpu_capabilities is not None:
+            self.cpu_capabilities = tuple(str(c) for c in self.cpu_capabilities)
+
+    @property
+    def per_graph(self) -> bool:
+        """A per-graph build (:mod:`defectnet.engine_build.per_graph`): openvino or auto."""
+        return self.backend in PER_GRAPH_BACKENDS
 
     def validate(self) -> None:
         """The combinations a build cannot make (the values themselves are checked on creation)."""
+        if self.precision is None and self.backend != BackendName.AUTO:
+            raise ConfigError(f"name a precision (--fp32, --int8 or --fp16) for --backend {self.backend}; only "
+                              "--backend auto lets every precision compete")
         if self.precision == Precision.FP16 and self.backend == BackendName.ONNXRUNTIME:
-            raise ConfigError("--fp16 builds graphs for TensorRT (strongly typed FP16 with float32 islands); ONNX "
-                              "Runtime's CPU provider has few FP16 kernels. Use --int8 for a faster CPU engine, or "
-                              "--fp16 --backend tensorrt on an NVIDIA GPU")
+            raise ConfigError("--fp16 --backend onnxruntime: ONNX Runtime's CPU provider has few FP16 kernels. On a "
+                              "CPU, --fp16 runs on OpenVINO (bf16 where the CPU has it, else fp16 weights): use "
+                              "--backend openvino or auto (the CPU default); on an NVIDIA GPU, --backend tensorrt")
+        if self.timings is not None and not self.per_graph:
+            raise ConfigError("injected timings are for per-graph builds (--backend auto or openvino)")
         if self.precision in (Precision.INT8, Precision.FP16) and self.data_dir is None:
             raise ConfigError(f"--{self.precision} needs --data DIR: the train split calibrates, the test split "
                               "feeds the accuracy gate")
 
 
-def default_out(source: Path, precision: Precision | str, backend: BackendName | str) -> Path:
-    """``<exported>-<precision>`` (+ ``-tensorrt``) beside the exported folder."""
-    return source.parent / (f"{source.name}-{precision}" + ("-tensorrt" if backend == BackendName.TENSORRT else ""))
+def default_out(source: Path, precision: Precision | str | None, backend: BackendName | str) -> Path:
+    """``<exported>-<precision>`` beside the exported folder, ``-tensorrt`` / ``-openvino`` /
+    ``-auto`` appended for those backends (``<exported>-auto`` when auto chooses every precision)."""
+    if precision is None:
+        return source.parent / f"{source.name}-{backend}"
+    suffix = "" if backend == BackendName.ONNXRUNTIME else f"-{backend}"
+    return source.parent / f"{source.name}-{precision}{suffix}"
 
 
 def _graph_entry(path: Path, old: GraphEntry) -> GraphEntry:
@@ -249,6 +281,28 @@ def _tensorrt_plans(src: Engine, out: Path, graph_files: dict[str, Path], precis
 
 
 # ----------------------------------------------------------------------------- the build
+def check_source(src: Engine, out: Path, options: BuildOptions) -> None:
+    """ConfigError when ``src`` is not an exported float32 folder or ``out`` is ``src`` itself."""
+    if src.manifest.is_built:
+        origin = src.manifest.build.source_engine if src.manifest.build else "defectnet-export --out DIR"
+        raise ConfigError(f"{src.root} is already a built engine ({src.manifest.precision}, "
+                          f"{src.manifest.backend}); build from the exported float32 folder ({origin})")
+    if out.resolve() == src.root.resolve():
+        raise ConfigError(f"--out {out} is the exported folder itself; pick another folder (default: "
+                          f"{default_out(src.root, options.precision, options.backend)})")
+
+
+def prepare_out(out: Path) -> Path:
+    """Create ``out`` and remove what would make it look like a finished engine before the
+    accuracy gate passes (its manifest), and artefacts of an earlier build into it."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST_FILE, REJECTED_MANIFEST):
+        (out / stale).unlink(missing_ok=True)  # not a valid engine until the gate passes
+    for leftover in [*out.glob("*.int8-*.onnx"), *out.glob("*.plan")]:
+        leftover.unlink()  # artefacts of an earlier build into this folder
+    return out
+
+
 def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], options: BuildOptions
                  ) -> Manifest:
     """Build ``out`` from the exported float32 folder ``source`` (module docstring); returns
@@ -259,25 +313,19 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
     from defectnet.io import sha256_file as file_sha
 
     options.validate()
+    if options.per_graph:
+        from defectnet.engine_build.per_graph import build_per_graph
+
+        return build_per_graph(source, out, options)
+    assert options.precision is not None  # validate(): only auto builds leave it open
     if options.backend == BackendName.TENSORRT:  # fail before any work on a machine without TensorRT
         from defectnet.runtime.backends.trt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda()
     src = load_engine(source)
-    if src.manifest.is_built:
-        origin = src.manifest.build.source_engine if src.manifest.build else "defectnet-export --out DIR"
-        raise ConfigError(f"{src.root} is already a built engine ({src.manifest.precision}, "
-                          f"{src.manifest.backend}); build from the exported float32 folder ({origin})")
-    out = Path(out)
-    if out.resolve() == src.root.resolve():
-        raise ConfigError(f"--out {out} is the exported folder itself; pick another folder (default: "
-                          f"{default_out(src.root, options.precision, options.backend)})")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST_FILE, REJECTED_MANIFEST):
-        (out / stale).unlink(missing_ok=True)  # not a valid engine until the gate passes
-    for leftover in [*out.glob("*.int8-*.onnx"), *out.glob("*.plan")]:
-        leftover.unlink()  # artefacts of an earlier build into this folder
+    check_source(src, Path(out), options)
+    out = prepare_out(Path(out))
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp_name:
         tmp = Path(tmp_name)
         options.log(f"optimising the float32 graphs of {src.root} (onnxruntime basic level) ...")
@@ -358,11 +406,12 @@ def _accuracy_gate(src: Engine, out: Path, manifest: Manifest, options: BuildOpt
                 "a larger --calib-size, or loosen the tolerance "
                 "(--max-map-drop / --max-ap50-drop / --max-f1-drop / --max-recall-drop)"
                 if options.precision == Precision.INT8 else "Report the numbers; loosen the tolerance only knowingly")
-        raise gate_error(report, out, options.precision, hint)
+        raise gate_error(report, out, str(options.precision), hint)
     write_manifest(out, manifest)
     for line in report["summary"]:
         options.log(f"  {line}")
     return manifest
 
 
-__all__ = ["BuildOptions", "ENGINE_BACKENDS", "PRECISIONS", "build_engine", "default_out"]
+__all__ = ["BuildOptions", "ENGINE_BACKENDS", "PER_GRAPH_BACKENDS", "PRECISIONS", "build_engine", "check_source",
+           "default_out", "prepare_out"]

@@ -2,10 +2,18 @@
 
 Examples::
 
-    # ONNX Runtime INT8 (U8S8) engine from a trained run (exported first to runs/const/engine)
+    # on a CPU (the default --backend auto): every graph's fastest passing candidate among
+    # ONNX Runtime fp32/int8 and OpenVINO fp32/int8/bf16, timed here -> runs/const/engine-auto
+    defectnet-build-engine --model const --data data/fabric
+    # the same, INT8 only (ONNX Runtime or OpenVINO per graph) -> runs/const/engine-int8-auto
     defectnet-build-engine --int8 --model const --data data/fabric
+    # half precision on a CPU: OpenVINO bf16 (or fp16 weights where the CPU has no bf16)
+    defectnet-build-engine --fp16 --model const --data data/fabric
+    # ONNX Runtime INT8 (U8S8) engine from a trained run (exported first to runs/const/engine)
+    defectnet-build-engine --int8 --backend onnxruntime --model const --data data/fabric
     # the float32 graphs, ORT-optimised, from an exported folder
-    defectnet-build-engine --engine runs/const/engine --data data/fabric --out engines/const-fp32
+    defectnet-build-engine --fp32 --backend onnxruntime --engine runs/const/engine --data data/fabric \
+        --out engines/const-fp32
     # TensorRT FP16 on an NVIDIA GPU, batches up to 4 at 576x1344
     defectnet-build-engine --fp16 --backend tensorrt --engine runs/const/engine --data data/fabric \\
         --opt-shape 1x576x1344 --max-shape 4x576x1344
@@ -28,9 +36,10 @@ from defectnet.runtime.types import BackendName, Precision
 
 
 def _default_backend() -> BackendName:
+    """TensorRT on a machine with TensorRT and a GPU; else auto (per graph, ONNX Runtime or OpenVINO)."""
     from defectnet.runtime.backends.trt import tensorrt_available
 
-    return BackendName.TENSORRT if tensorrt_available() else BackendName.ONNXRUNTIME
+    return BackendName.TENSORRT if tensorrt_available() else BackendName.AUTO
 
 
 def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None, engine: Path | None,
@@ -67,12 +76,17 @@ def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None,
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--fp16", "precision", flag_value=Precision.FP16.value, help="FP16 graph with float32 islands (TensorRT).")
+@click.option("--fp16", "precision", flag_value=Precision.FP16.value,
+              help="Half precision: TensorRT FP16 with float32 islands; on a CPU OpenVINO bf16 (fp16 weights where "
+                   "the CPU has no bf16).")
 @click.option("--int8", "precision", flag_value=Precision.INT8.value, help="INT8 Q/DQ graphs from one calibration.")
-@click.option("--fp32", "precision", flag_value=Precision.FP32.value, default=True,
-              help="Float32, graph-optimised [default].")
+@click.option("--fp32", "precision", flag_value=Precision.FP32.value,
+              help="Float32, graph-optimised [default, except --backend auto: every precision competes].")
 @click.option("--backend", type=click.Choice([b.value for b in ENGINE_BACKENDS]), default=None,
-              help="Engine backend [default: tensorrt when TensorRT and a GPU are available, else onnxruntime].")
+              help="Engine backend; auto = per graph, the fastest passing candidate of ONNX Runtime and OpenVINO, "
+                   "timed on this machine [default: tensorrt when TensorRT and a GPU are available, else auto].")
+@click.option("--timing-repeat", default=9, show_default=True, type=click.IntRange(min=1),
+              help="--backend auto: interleaved timing repetitions per candidate.")
 @click.option("--model", default=None, help="Run name under --runs-dir (exported first).")
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -101,8 +115,10 @@ def _exported_source(model: str | None, runs_dir: Path, checkpoint: Path | None,
 @click.option("--max-ap50-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-recall-drop", default=0.005, show_default=True, type=float, help="Gate recall drop.")
-@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime threads for calibration (0: all).")
-def main(precision: str, backend: str | None, model: str | None, runs_dir: Path, checkpoint: Path | None,
+@click.option("--threads", default=0, show_default=True, type=int,
+              help="onnxruntime threads for calibration, and every runtime's threads when --backend auto times the "
+                   "candidates (0: the libraries' defaults).")
+def main(precision: str | None, backend: str | None, timing_repeat: int, model: str | None, runs_dir: Path, checkpoint: Path | None,
          engine_dir: Path | None, data_dir: Path | None, out: Path | None, calib_size: int, calib_method: str | None,
          percentile: float, calib_seed: int, calib_cache: Path | None, no_calib_cache: bool, min_shape: str | None,
          opt_shape: str | None, max_shape: str | None, workspace_gb: float, timing_cache: Path | None,
@@ -110,7 +126,7 @@ def main(precision: str, backend: str | None, model: str | None, runs_dir: Path,
          threads: int) -> None:
     """Build an engine folder (fp32 / int8 / fp16; onnxruntime or tensorrt) with an accuracy gate."""
     try:
-        _main(precision, backend, model, runs_dir, checkpoint, engine_dir, data_dir, out, calib_size, calib_method,
+        _main(precision, backend, timing_repeat, model, runs_dir, checkpoint, engine_dir, data_dir, out, calib_size, calib_method,
               percentile, calib_seed, calib_cache, no_calib_cache, min_shape, opt_shape, max_shape, workspace_gb,
               timing_cache, max_map_drop, max_ap50_drop, max_f1_drop, max_recall_drop, threads)
     except DefectNetError as e:
@@ -118,7 +134,7 @@ def main(precision: str, backend: str | None, model: str | None, runs_dir: Path,
         sys.exit(1)
 
 
-def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path, checkpoint: Path | None,
+def _main(precision: str | None, backend: str | None, timing_repeat: int, model: str | None, runs_dir: Path, checkpoint: Path | None,
           engine_dir: Path | None, data_dir: Path | None, out: Path | None, calib_size: int, calib_method: str | None,
           percentile: float, calib_seed: int, calib_cache: Path | None, no_calib_cache: bool,
           min_shape: str | None, opt_shape: str | None, max_shape: str | None, workspace_gb: float,
@@ -147,25 +163,30 @@ def _main(precision: str, backend: str | None, model: str | None, runs_dir: Path
         if not (min_shape and opt_shape and max_shape):
             raise click.UsageError("give all three of --min-shape, --opt-shape and --max-shape (BxHxW each)")
         profile = ShapeProfile(parse_shape(min_shape), parse_shape(opt_shape), parse_shape(max_shape))
+    if precision is None and target != BackendName.AUTO:
+        precision = Precision.FP32.value
     options = BuildOptions(
-        precision=Precision(precision), backend=target, data_dir=data_dir, calib_size=calib_size,
+        precision=None if precision is None else Precision(precision), backend=target, data_dir=data_dir, calib_size=calib_size,
         calibration=(CalibrationSettings(method=calib_method, percentile=percentile) if calib_method
                      else recommended_settings(percentile)), seed=calib_seed,
         cache_dir=None if no_calib_cache else (calib_cache or default_cache_dir()),
         tolerances=Tolerances(max_map_drop, max_ap50_drop, max_f1_drop, max_recall_drop), profile=profile,
         timing_cache=timing_cache, workspace_gb=workspace_gb, threads=threads, progress=sys.stderr.isatty(),
-        log=click.echo)
+        log=click.echo, timing_repeat=timing_repeat)
     options.validate()
     source = _exported_source(model, runs_dir, checkpoint, engine_dir, data_dir)
     out = out or default_out(source, options.precision, options.backend)
-    click.echo(f"building a {options.precision} {options.backend} engine from {source} into {out} ...")
+    what = f"{options.precision or 'per-graph (every precision)'} {options.backend}"
+    click.echo(f"building a {what} engine from {source} into {out} ...")
     manifest = build_engine(source, out, options)
     acc = manifest.accuracy
     passed = acc.passed if acc is not None else None
     gate = "passed" if passed else ("skipped" if passed is None else "failed")
     if acc is not None and acc.engine_att_ms and acc.reference_att_ms:
-        click.echo(f"  ATT {acc.engine_att_ms:.1f} ms ({options.backend}, {options.precision}) vs "
+        click.echo(f"  ATT {acc.engine_att_ms:.1f} ms ({manifest.backend}, {manifest.precision}) vs "
                    f"{acc.reference_att_ms:.1f} ms (reference)")
+    if manifest.selection is not None and manifest.selection.chosen:
+        click.echo("  per graph: " + "; ".join(f"{g} {name}" for g, name in manifest.selection.chosen.items()))
     files = ", ".join(g.file for g in manifest.graphs.values())
     plans = ", ".join(e.file for e in manifest.tensorrt.engines.values()) if manifest.tensorrt else ""
     click.echo(f"wrote {out} ({files}{', ' + plans if plans else ''}, manifest.json); accuracy gate {gate}")

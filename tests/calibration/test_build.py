@@ -91,7 +91,7 @@ def test_fp32_build_without_data_records_a_skipped_gate(tiny_engine: Engine, tmp
 
 
 def test_option_errors(tiny_engine: Engine, int8_engine: Path, tiny_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="TensorRT"):
+    with pytest.raises(ConfigError, match="OpenVINO.*--backend openvino or auto.*--backend tensorrt"):
         BuildOptions(precision="fp16", backend="onnxruntime", data_dir=tiny_data).validate()
     with pytest.raises(ConfigError, match="needs --data"):
         BuildOptions(precision="int8").validate()
@@ -109,8 +109,8 @@ def test_cli_tensorrt_without_tensorrt_fails_at_once(tiny_engine: Engine) -> Non
     r = CliRunner().invoke(main, ["--int8", "--backend", "tensorrt", "--engine", str(tiny_engine.root)])
     assert r.exit_code == 1
     assert "needs an NVIDIA GPU with TensorRT (pip install tensorrt" in r.output
-    r = CliRunner().invoke(main, ["--fp16", "--engine", str(tiny_engine.root)])
-    assert r.exit_code != 0 and "TensorRT" in r.output
+    r = CliRunner().invoke(main, ["--fp16", "--backend", "onnxruntime", "--engine", str(tiny_engine.root)])
+    assert r.exit_code != 0 and "--backend openvino or auto" in r.output and "tensorrt" in r.output
 
 
 def test_packages_import_without_tensorrt() -> None:
