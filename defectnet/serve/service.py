@@ -78,7 +78,10 @@ class InspectService:
         self.limits = limits or InputLimits()
 
     async def __call__(self, request: Request) -> Response:
-        path, method = request.url.path.rstrip("/") or "/", request.method
+        path, root = request.scope.get("path", "/"), request.scope.get("root_path", "")
+        if root and path.startswith(root):  # an application under a route prefix (serve.run route_prefix)
+            path = path[len(root):]
+        path, method = path.rstrip("/") or "/", request.method
         routes: dict[str, tuple[str, Callable[[Request], Awaitable[Response]]]] = {
             INSPECT_PATH: ("POST", self.inspect), "/healthz": ("GET", self.healthz), "/metrics": ("GET", self.scrape)}
         if path not in routes:
