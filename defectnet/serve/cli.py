@@ -172,3 +172,7 @@ def config_command(out_file: Path, host: str | None, port: int, cluster: bool, *
 
 
 __all__ = ["main", "parse_replicas"]
+
+
+if __name__ == "__main__":  # python -m defectnet.serve.cli
+    main()
