@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from defectnet.bench.imageset import ImageSet
-from defectnet.bench.scenario import ONNXRUNTIME, TENSORRT, TORCH, Case
+from defectnet.bench.scenario import AUTO, ONNXRUNTIME, OPENVINO, TENSORRT, TORCH, Case
 from defectnet.data.image_io import read_image
 from defectnet.data.transforms import Preprocessor, boxes_to_original
 from defectnet.errors import DataError
@@ -214,7 +214,7 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         _check_classes(case, engine.class_names, None, images)
         remark = row_remark(case)
         kind, threshold, preprocessor = engine.kind, engine.gate_threshold, engine.preprocessor
-        if case.backend not in (ONNXRUNTIME, TENSORRT):  # pragma: no cover - plan_cases only makes the three
+        if case.backend not in (ONNXRUNTIME, OPENVINO, AUTO, TENSORRT):  # pragma: no cover - plan_cases makes these
             raise DataError(f"unknown backend {case.backend!r}")
         inner = make_backend(engine, case.backend, options)
         inner.load()  # ONNX Runtime picks its device (providers) when it loads

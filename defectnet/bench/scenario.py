@@ -12,8 +12,11 @@ A **case** is one (row, backend, precision): ``torch fp32`` (PyTorch eager, the 
 needs the run folder or the engine's recorded source checkpoint), ``onnxruntime P`` for
 each engine folder built for ONNX Runtime (P = the manifest's ``precision``, ``fp32`` when
 absent; a folder whose manifest ``backend`` is ``tensorrt`` -- ``defectnet-build-engine
---backend tensorrt`` output -- is left to TensorRT) and ``tensorrt P`` for each engine folder
-whose manifest lists TensorRT plans. A case that
+--backend tensorrt`` output -- is left to TensorRT), ``openvino P`` for each engine folder
+built for OpenVINO (``--backend openvino``, or an ``auto`` build whose every graph chose
+OpenVINO), ``auto: gate B P, detector B P`` for each per-graph engine whose graphs run on
+different backends (``--backend auto``; the label names each graph's choice) and
+``tensorrt P`` for each engine folder whose manifest lists TensorRT plans. A case that
 cannot run here (no engine folder, no TensorRT, no GPU) becomes a :class:`Skip` with the
 reason, and the benchmark goes on without it.
 """
@@ -30,8 +33,9 @@ from defectnet.runtime.types import BackendName, EngineKind, Precision
 from defectnet.train.config import Variant
 
 TORCH, ONNXRUNTIME, TENSORRT = BackendName.TORCH, BackendName.ONNXRUNTIME, BackendName.TENSORRT
+OPENVINO, AUTO = BackendName.OPENVINO, BackendName.AUTO
 #: Column order: the reference first.
-BACKENDS: tuple[BackendName, ...] = (TORCH, ONNXRUNTIME, TENSORRT)
+BACKENDS: tuple[BackendName, ...] = (TORCH, ONNXRUNTIME, OPENVINO, AUTO, TENSORRT)
 PRECISIONS: tuple[Precision, ...] = tuple(Precision)
 #: The seed table's row order.
 ROW_ORDER: tuple[str, ...] = tuple(v.table_name for v in Variant)
@@ -46,6 +50,7 @@ class EngineRef:
     flavour: the INT8 Q/DQ flavour of the main graphs when the manifest names one. target: the
     backend the folder was built for (manifest ``backend``; None for a plain export, which
     serves both). tensorrt: the manifest lists TensorRT plans (a ``tensorrt.engines`` section).
+    per_graph: ``graph backend precision`` of each graph of a per-graph (``auto``) engine.
     """
 
     path: Path
@@ -56,6 +61,7 @@ class EngineRef:
     flavour: BackendName | None = None
     target: BackendName | None = None
     tensorrt: bool = False
+    per_graph: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -128,9 +134,11 @@ def read_engine_ref(path: str | os.PathLike[str]) -> EngineRef:
     root = Path(path)
     m = read_manifest(root)
     ckpt = m.source.checkpoint if m.source is not None else None
+    per_graph = tuple(f"{g} {m.graph_backend(g)} {m.graph_precision(g)}" for g in m.required_graphs()) \
+        if m.backend == AUTO else ()
     return EngineRef(root, m.kind, m.variant, m.precision, Path(ckpt) if ckpt else None,
                      m.quantization.flavour if m.quantization is not None else None, m.backend,
-                     m.has_tensorrt_plans)
+                     m.has_tensorrt_plans, per_graph)
 
 
 def _is_engine(path: Path) -> bool:
@@ -271,7 +279,8 @@ def plan_cases(rows: Sequence[ModelRow], backends: Sequence[str], *,
     """Every (row, backend, precision) to measure, and the skipped ones with the reason.
 
     ONNX Runtime runs every engine folder built for it (manifest ``backend`` absent or
-    ``onnxruntime``); TensorRT runs every folder whose manifest lists TensorRT plans.
+    ``onnxruntime``); OpenVINO every folder built for it; ``auto`` every per-graph folder;
+    TensorRT every folder whose manifest lists TensorRT plans.
     tensorrt_unavailable: why TensorRT cannot run on this machine (None = it can): then the
     TensorRT cases become one skip line.
     """
@@ -301,6 +310,10 @@ def plan_cases(rows: Sequence[ModelRow], backends: Sequence[str], *,
                     if e not in engines:
                         skips.append(Skip(row.name, backend, e.precision, f"{e.path.name} was built for {e.target} "
                                                                           "(manifest 'backend')"))
+            elif backend in (OPENVINO, AUTO):
+                engines = [e for e in row.engines if e.target == backend]
+                if not engines:
+                    continue  # nothing built for it: no skip line (the onnxruntime column names those folders)
             else:
                 engines = [e for e in row.engines if e.tensorrt]
             if not engines:
@@ -310,12 +323,15 @@ def plan_cases(rows: Sequence[ModelRow], backends: Sequence[str], *,
                         "build them with defectnet-build-engine --backend tensorrt --engine DIR")
                 skips.append(Skip(row.name, backend, "-", hint))
                 continue
-            per_precision: dict[str, int] = {}
+            def base_label(e: EngineRef, backend: str = backend) -> str:
+                return f"{backend}: {', '.join(e.per_graph)}" if e.per_graph else f"{backend} {e.precision}"
+
+            per_label: dict[str, int] = {}
             for e in engines:
-                per_precision[e.precision] = per_precision.get(e.precision, 0) + 1
+                per_label[base_label(e)] = per_label.get(base_label(e), 0) + 1
             for e in engines:
-                label = f"{backend} {e.precision}"
-                if per_precision[e.precision] > 1:
+                label = base_label(e)
+                if per_label[label] > 1:
                     label += f" [{e.path.name}]"
                 cases.append(Case(row, backend, e.precision, e, label))
     return cases, skips
