@@ -13,7 +13,9 @@ file:
   ``--out`` as it finishes; a re-run with the same ``--out`` resumes (``--overwrite``
   starts over);
 * ``--watch DIR``: :mod:`defectnet.runtime.inspection.watch` -- the files appearing in DIR,
-  each once across restarts.
+  each once across restarts;
+* ``--server URL INPUTS...``: :mod:`defectnet.serve.client` -- the inputs sent to a
+  ``defectnet-serve`` service, with the same one-record-per-input file and resume.
 
 Exit status: 0 when every input got a record (error records included); 1 when the run could
 not be set up (engine, options, an unwritable ``--out``) or writing a record failed; 2 for
@@ -41,8 +43,13 @@ EXIT_INTERRUPTED = 130
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=False)
-@click.option("--engine", "engine_dir", required=True, type=click.Path(file_okay=False),
-              help="Engine folder written by defectnet-export.")
+@click.option("--engine", "engine_dir", default=None, type=click.Path(file_okay=False),
+              help="Engine folder written by defectnet-export (required unless --server).")
+@click.option("--server", "server_url", default=None,
+              help="Send the inputs to a defectnet-serve service at this URL (http://HOST:PORT) instead of running "
+              "an engine here: the same records, 503s retried.")
+@click.option("--concurrency", default=4, show_default=True, type=int, help="--server: requests in flight.")
+@click.option("--deadline-ms", type=float, default=None, help="--server: each request's deadline.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Records, one JSON line per input, appended and fsynced as each image finishes. An existing "
               "file is resumed: inputs it already has a record for are skipped.")
@@ -70,7 +77,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--poll-interval", default=1.0, show_default=True, type=float, help="--watch: seconds between scans.")
 @click.option("--stable-for", default=1.0, show_default=True, type=float,
               help="--watch: seconds a file's size and mtime must stay unchanged before it is read.")
-def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, overwrite: bool, save_images: Path | None,
+def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None, concurrency: int,
+         deadline_ms: float | None, out_file: Path, overwrite: bool, save_images: Path | None,
          backend: str, providers: str, device: str, batch: int, gate_threshold: float | None, no_progress: bool,
          metrics_port: int | None, metrics_host: str, watch_dir: Path | None, state_file: Path | None, once: bool,
          poll_interval: float, stable_for: float) -> None:
@@ -83,7 +91,13 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, overwrite: bo
     from defectnet.runtime.inspection.batch import collect_inputs, run_inference
     from defectnet.runtime.pipeline import Pipeline
 
+    if server_url is not None:
+        _server(server_url, inputs, engine_dir, watch_dir, save_images, out_file, overwrite, concurrency, deadline_ms,
+                no_progress)
+        return
     try:
+        if engine_dir is None:
+            raise click.UsageError("give --engine DIR (an engine folder written by defectnet-export) or --server URL")
         if batch < 1:
             raise click.BadParameter("--batch must be >= 1", param_hint="--batch")
         backend_options = BackendOptions(device=device, providers=providers)  # a ConfigError says what is wrong
@@ -102,6 +116,35 @@ def main(inputs: tuple[str, ...], engine_dir: str, out_file: Path, overwrite: bo
         summary = run_inference(pipeline, keys, out_file, batch=batch, save_images=save_images,
                                 progress=not no_progress, overwrite=overwrite, metrics_port=metrics_port,
                                 metrics_host=metrics_host, echo=click.echo)
+    except DefectNetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(summary.text())
+    click.echo(f"{out_file}: {summary.records} records written now, {summary.skipped} before")
+    if summary.unfinished:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _server(url: str, inputs: tuple[str, ...], engine_dir: str | None, watch_dir: Path | None,
+            save_images: Path | None, out_file: Path, overwrite: bool, concurrency: int, deadline_ms: float | None,
+            no_progress: bool) -> None:
+    """``--server URL``: :func:`defectnet.serve.client.run_client` (the same inputs, records and
+    resume as batch mode; the service runs the engine)."""
+    from defectnet.runtime.inspection.batch import collect_inputs
+    from defectnet.serve.client import run_client
+
+    for given, flag in ((engine_dir, "--engine"), (watch_dir, "--watch"), (save_images, "--save-images")):
+        if given is not None:
+            raise click.UsageError(f"{flag} does not apply with --server (the service runs its own engine)")
+    if not inputs:
+        raise click.UsageError("give IMAGES_OR_FOLDERS... to send to --server")
+    keys = collect_inputs(inputs)
+    if not keys:
+        raise click.UsageError(f"no inputs: no entry named like an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                               f"in {', '.join(inputs)}")
+    try:
+        summary = run_client(url, keys, out_file, concurrency=concurrency, overwrite=overwrite,
+                             deadline_ms=deadline_ms, progress=not no_progress, echo=click.echo)
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

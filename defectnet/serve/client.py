@@ -10,8 +10,8 @@
   :class:`~defectnet.runtime.inspection.records.InspectionResult` when the input cannot be
   read (the file half of the input rule, :func:`read_input_file`: not_found, unreadable,
   empty) or the service cannot answer (``overloaded`` after the 503 retries, ``unavailable``
-  when it cannot be reached). The record's ``image`` is the input's path (the service saw
-  only bytes); the rest is the service's record as it sent it.
+  when it cannot be reached). The input's path goes along as the request's ``name``, so the
+  service's record (and its messages) name the file as batch mode's do.
 * **Retries**: a 503 is sent again after its ``Retry-After`` (at most ``max_backoff_s``), a
   refused or broken connection after an exponential back-off, up to ``retries`` times.
 * :func:`run_client` -- ``defectnet-infer --server URL``: bounded concurrency, records
@@ -78,8 +78,9 @@ class ServeClient:
     def inspect(self, data: bytes, key: Any = None, *, deadline_ms: float | None = None,
                 image: str | None = None) -> dict[str, Any]:
         """The record of one encoded image (never raises for a service problem: see the
-        module docstring). image: what the record's ``image`` says (default: the service's)."""
-        query = {k: v for k, v in (("key", key), ("deadline_ms", deadline_ms)) if v is not None}
+        module docstring). image: what the record calls it (sent as ``name``; default
+        ``<N bytes>``)."""
+        query = {k: v for k, v in (("key", key), ("deadline_ms", deadline_ms), ("name", image)) if v is not None}
         url = f"{self.url}{INSPECT_PATH}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         timeout = self.timeout_s if deadline_ms is None else min(self.timeout_s, deadline_ms / 1e3 + 5.0)
         label = image if image is not None else f"<{len(data)} bytes>"
@@ -117,8 +118,6 @@ class ServeClient:
                     f"{label}: the service at {self.url} answered HTTP {status} without a record "
                     f"({body[:200].decode('utf-8', 'replace')!r}); is it a defectnet-serve service?"),
                     (time.perf_counter() - t0) * 1e3, deadline_ms)
-            if image is not None:
-                record["image"] = image
             return record
         what = "kept answering 503 (overloaded)" if reason == Reason.OVERLOADED else "could not be reached"
         return error_record(key, label, reason, (

@@ -2,7 +2,8 @@
 can be tested on its own; the model part is a callable (:data:`InferFn`).
 
 ``POST /v1/inspect`` -- body: the encoded image (JPEG, PNG, BMP, TIFF, ...); query: optional
-``key`` (copied into the record) and ``deadline_ms``. The answer is always one record,
+``key`` (copied into the record), ``deadline_ms`` and ``name`` (what the record and its
+messages call the image, e.g. its path on the client; default ``<N bytes>``). The answer is always one record,
 :meth:`InspectionResult.to_json` (``docs/record.schema.json``), the record ``defectnet-infer``
 and the Inspector write, with the same input rule (:func:`~defectnet.runtime.inspection.validation.to_image`)::
 
@@ -16,7 +17,7 @@ and the Inspector write, with the same input rule (:func:`~defectnet.runtime.ins
     504  an error record (timeout): not done within deadline_ms or the server's request timeout
 
 Nothing hangs: every request ends by ``min(deadline_ms, request_timeout_s)`` after its body
-was read. The record's ``image`` is ``<N bytes>`` (the service sees bytes, not a file name).
+was read.
 
 ``GET /healthz`` -- 200 ``{"ready": true, ...}`` when every deployment of the application
 has a running replica, else 503. ``GET /metrics`` -- Prometheus text (:mod:`.metrics`).
@@ -113,6 +114,7 @@ class InspectService:
 
     async def _inspect(self, request: Request, t0: float) -> Response:
         key = request.query_params.get("key")
+        name = request.query_params.get("name")
         raw_deadline = request.query_params.get("deadline_ms")
         deadline_ms: float | None = None
         if raw_deadline is not None:
@@ -121,10 +123,11 @@ class InspectService:
             except ValueError:
                 deadline_ms = math.nan
             if not (math.isfinite(deadline_ms) and deadline_ms > 0):
-                return self._answer(key, "<request>", Outcome(
+                return self._answer(key, name or "<request>", Outcome(
                     reason=Reason.UNSUPPORTED_INPUT,
                     message=f"deadline_ms={raw_deadline!r}: must be a positive number of milliseconds"), t0, None)
-        body, source = await self._read_body(request)
+        body, size = await self._read_body(request)
+        source = name or size
         if body is None:
             return self._answer(key, source, Outcome(
                 reason=Reason.TOO_LARGE, message=f"{source}: the request body is over the service's limit of "

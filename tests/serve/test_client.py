@@ -24,8 +24,10 @@ from defectnet.serve.client import ServeClient, run_client
 Script = Callable[[dict[str, Any]], tuple[int, dict[str, str], bytes]]
 
 
-def ok_record(key: Any, n_bytes: int) -> bytes:
-    record = InspectionResult(key=key, source=f"<{n_bytes} bytes>", sequence=0, verdict=Verdict.OK, p_defective=0.1,
+def ok_record(state: dict[str, Any]) -> bytes:
+    """The stand-in's verdict record for a request (key and name from its query, as the service)."""
+    query = state["query"]
+    record = InspectionResult(key=query.get("key"), source=query.get("name", f"<{len(state['body'])} bytes>"), sequence=0, verdict=Verdict.OK, p_defective=0.1,
                               original_size=(10, 20), batch_size=1, timings_ms={"gate": 1.0})
     return json.dumps(record.to_json()).encode()
 
@@ -89,7 +91,7 @@ def test_retries_503_after_retry_after(stand_in: Callable[..., StandIn]) -> None
     def script(state: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         if state["n"] < 2:
             return 503, {"Retry-After": "0"}, b"queue full"  # Serve's proxy answers plain text
-        return 200, {}, ok_record(state["query"].get("key"), len(state["body"]))
+        return 200, {}, ok_record(state)
 
     server = stand_in(script)
     record = ServeClient(server.url, retries=3).inspect(b"xyz", "k1", image="frame.png")
@@ -133,7 +135,7 @@ def test_run_client_one_record_per_input_in_order_and_resumes(stand_in: Callable
     def script(state: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         if state["n"] % 5 == 1:
             return 503, {"Retry-After": "0"}, b"busy"
-        return 200, {}, ok_record(state["query"]["key"], len(state["body"]))
+        return 200, {}, ok_record(state)
 
     server = stand_in(script, delay_s=0.02)
     from defectnet.runtime.inspection.batch import collect_inputs
@@ -163,3 +165,26 @@ def test_run_client_one_record_per_input_in_order_and_resumes(stand_in: Callable
     assert summary.records == 0 and summary.unfinished == len(inputs) and out.read_text() == ""
     with pytest.raises(ConfigError, match="concurrency"):
         run_client(client, inputs, out, concurrency=0)
+
+
+def test_defectnet_infer_server_flag(stand_in: Callable[..., StandIn], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from defectnet.runtime.cli import main as infer
+
+    server = stand_in(lambda state: (200, {}, ok_record(state)))
+    image = tmp_path / "a.png"
+    image.write_bytes(png(noise_images(1)[0]))
+    out = tmp_path / "out.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(infer, [str(image), str(tmp_path / "b.png"), "--server", server.url, "--out", str(out),
+                                   "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["key"], r["verdict"]) for r in records] == [(str(image), "OK"), (str(tmp_path / "b.png"), "ERROR")]
+    for args, message in ((["--engine", str(tmp_path)], "--engine does not apply"), ([], "IMAGES_OR_FOLDERS")):
+        result = runner.invoke(infer, [*([str(image)] if args else []), "--server", server.url, "--out", str(out),
+                                       *args])
+        assert result.exit_code == 2 and message in result.output
+    result = runner.invoke(infer, [str(image), "--out", str(out)])
+    assert result.exit_code == 2 and "--engine DIR" in result.output

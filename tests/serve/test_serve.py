@@ -299,6 +299,44 @@ def test_a_detector_replica_killed_mid_load(cluster: Cluster) -> None:
     assert status == 200 and record["ran_detector"]
 
 
+def test_defectnet_infer_server_writes_the_records_batch_mode_writes(cluster: Cluster, serve_engine: Path,
+                                                                     tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from defectnet.runtime.cli import main as infer
+
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for i, image in enumerate(cluster.images):
+        (folder / f"{i}.png").write_bytes(png(image))
+    (folder / "torn.png").write_bytes(png(cluster.images[0])[:200])
+    inputs = [str(folder), str(tmp_path / "missing.png")]
+    served, local = tmp_path / "served.jsonl", tmp_path / "local.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(infer, [*inputs, "--server", cluster.service.url, "--out", str(served), "--concurrency",
+                                   "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(infer, [*inputs, "--engine", str(serve_engine), "--gate-threshold",
+                                   str(cluster.pipeline.gate_threshold), "--out", str(local), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    a = [json.loads(line) for line in served.read_text().splitlines()]
+    b = [json.loads(line) for line in local.read_text().splitlines()]
+    assert [r["key"] for r in a] == [r["key"] for r in b] and len(a) == len(cluster.images) + 2
+    for x, y in zip(a, b):
+        check_record(x)
+        assert x["image"] == y["image"] and x["verdict"] == y["verdict"]
+        if x["verdict"] == "ERROR":
+            assert x["error"] == y["error"]  # torn.png: decode_error; missing.png: not_found
+            continue
+        assert x["ran_detector"] == y["ran_detector"] and x["original_size"] == y["original_size"]
+        assert [d["label"] for d in x["detections"]] == [d["label"] for d in y["detections"]]
+        if x["detections"]:
+            np.testing.assert_allclose([d["box"] for d in x["detections"]], [d["box"] for d in y["detections"]],
+                                       atol=0.01 + 1e-4, rtol=0)  # both rounded to 0.01 px
+    result = runner.invoke(infer, [*inputs, "--server", cluster.service.url, "--out", str(served), "--no-progress"])
+    assert result.exit_code == 0 and "0 records written now" in result.output  # resumed: nothing left to do
+
+
 def test_zz_shutdown_leaves_no_ray_process(cluster: Cluster) -> None:
     started = cluster.processes()  # also the replica that replaced the killed one
     assert len(started) >= 5

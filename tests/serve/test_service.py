@@ -87,10 +87,12 @@ def test_verdict_record() -> None:
     (png(noise_images(1)[0]), "deadline_ms=-5", 400, "unsupported_input"),
 ])
 def test_bad_requests_get_error_records(body: bytes, query: str, status: int, reason: str) -> None:
-    got, record, _ = _call(_service(), _request("POST", "/v1/inspect", body, f"key=k&{query}"))
+    got, record, _ = _call(_service(), _request("POST", "/v1/inspect", body, f"key=k&name=cam1%2Fa.png&{query}"))
     assert got == status
     check_record(record)
     assert record["verdict"] == "ERROR" and record["error"]["reason"] == reason and record["key"] == "k"
+    assert record["image"] == "cam1/a.png"  # the name the client gave
+    assert reason == "unsupported_input" or record["error"]["message"].startswith("cam1/a.png: ")
 
 
 def test_body_limit_413() -> None:
