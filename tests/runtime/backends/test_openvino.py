@@ -236,3 +236,13 @@ def test_package_imports_and_fails_clearly_without_openvino(run_engine: Path) ->
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert "ERR the openvino backend needs OpenVINO" in out and "pip install 'openvino" in out
     assert BackendUnavailableError  # the error type users catch
+
+
+@needs_openvino
+def test_a_graph_openvino_cannot_read_names_the_graph(run_engine: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    shutil.copytree(run_engine, folder)
+    (folder / "gate.onnx").write_bytes(b"not an onnx graph")
+    backend = make_backend(load_engine(folder, check_hashes=False), "openvino")
+    with pytest.raises(EngineError, match="OpenVINO cannot compile the gate graph of .*re-export it"):
+        backend.load()
