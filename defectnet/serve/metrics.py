@@ -18,6 +18,8 @@ service's whole picture. Series (all prefixed ``defectnet_serve_``)::
     deployment_batch_size{deployment=...}           histogram the size of the batch each request ran in
     deployment_busy_seconds_total{deployment=...}   counter   compute time of the deployment's batches (each
                                                               request books batch time / batch size)
+    deployment_wait_seconds_total{deployment=...}   counter   call latency minus the compute time of the batch the
+                                                              request ran in: queueing, batch forming, transfer
     deployment_retries_total{deployment=...}        counter   calls retried after a replica died
 
 With several Ingress replicas, each serves its own registry (a scrape through the HTTP proxy
@@ -68,6 +70,8 @@ class ServeMetrics:
                                     ["deployment"], buckets=BATCH_BUCKETS, registry=r)
         self.busy = Counter(f"{p}deployment_busy_seconds", "Compute time of the deployment's batches (batch time / "
                             "batch size per request).", ["deployment"], registry=r)
+        self.wait = Counter(f"{p}deployment_wait_seconds", "Call latency minus its batch's compute time (queue, "
+                            "batch forming, transfer).", ["deployment"], registry=r)
         self.retries = Counter(f"{p}deployment_retries", "Calls retried after a replica died or was unreachable.",
                                ["deployment"], registry=r)
         for verdict in Verdict:
@@ -75,7 +79,7 @@ class ServeMetrics:
         for reason in reasons:
             self.errors.labels(reason=str(reason))
         for name in deployments:
-            for metric in (self.stage_latency, self.batch_size, self.busy, self.retries):
+            for metric in (self.stage_latency, self.batch_size, self.busy, self.wait, self.retries):
                 metric.labels(deployment=name)
 
     def _pass_rate(self) -> float:
@@ -103,6 +107,7 @@ class ServeMetrics:
         if batch_size > 0:
             self.batch_size.labels(deployment=deployment).observe(batch_size)
             self.busy.labels(deployment=deployment).inc(batch_ms / 1e3 / batch_size)
+            self.wait.labels(deployment=deployment).inc(max(0.0, latency_s - batch_ms / 1e3))
 
     def record_retry(self, deployment: str) -> None:
         self.retries.labels(deployment=deployment).inc()

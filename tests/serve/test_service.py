@@ -168,6 +168,10 @@ def test_routes_health_and_metrics() -> None:
     assert samples[(f"{p}errors_total", (("reason", "overloaded"),))] == 0  # every reason from 0
     assert samples[(f"{p}gate_pass_rate", ())] == 0.5
     assert samples[(f"{p}deployment_busy_seconds_total", (("deployment", GATE),))] == pytest.approx(0.01)
+    service.metrics.record_call(GATE, 0.05, 2, 30.0)  # waited 50 - 30 ms for its batch of 2
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(service.metrics.text()) for s in family.samples}
+    assert samples[(f"{p}deployment_wait_seconds_total", (("deployment", GATE),))] == pytest.approx(0.02)
     assert samples[(f"{p}deployment_batch_size_count", (("deployment", DETECTOR),))] == 0
     assert samples[(f"{p}in_flight", ())] == 0
 
