@@ -4,7 +4,10 @@ discover rows (:func:`~defectnet.bench.scenario.discover_rows`) -> plan cases pe
 (:func:`~defectnet.bench.scenario.plan_cases`) -> choose the images
 (:func:`~defectnet.bench.imageset.build_image_set`) -> load every case
 (:func:`~defectnet.bench.runner.load_case`; a case that cannot run here is skipped with the
-reason) -> interleaved measurement (:func:`~defectnet.bench.runner.run_cases`) -> numbers
+reason) -> with ``target_recall``, each gated case's threshold chosen on the validation
+images (:func:`~defectnet.bench.gating.choose_thresholds`) -> a gate-off twin of every gated
+case (:func:`~defectnet.bench.gating.with_gate_off`) -> interleaved measurement
+(:func:`~defectnet.bench.runner.run_cases`) -> numbers
 (:func:`~defectnet.bench.results.summarise`) -> :class:`~defectnet.bench.results.BenchResult`.
 Writing files is :func:`write_outputs` (tables, JSON, CSV, plots).
 """
@@ -51,7 +54,11 @@ class BenchSettings:
     images to this share (:mod:`defectnet.bench.resample`), deterministic for ``seed``.
     gate_threshold: P(defective) at which every gated row (DefectNet gate, two-model
     classifier) runs its detector, on every backend (None = each model's own: the run's
-    config for PyTorch, the manifest for engines).
+    config for PyTorch, the manifest for engines). gate_off: also measure every gated case
+    with its detector forced on every image (:mod:`defectnet.bench.gating`). target_recall:
+    instead of ``gate_threshold``, each gated case runs at the largest threshold that keeps
+    this gate recall on the validation images: ``val_split`` of ``val_data`` (default: the
+    measured data folder; the pair must differ from the measured ``data`` / ``split``).
     """
 
     data: str
@@ -70,6 +77,10 @@ class BenchSettings:
     seed: int = 0
     quick: bool = False
     gate_threshold: float | None = None
+    gate_off: bool = True
+    target_recall: float | None = None
+    val_split: str | None = None
+    val_data: str | None = None
 
     def resolved(self) -> BenchSettings:
         """Defaults filled in (``--quick`` applied), values checked."""
@@ -92,6 +103,21 @@ class BenchSettings:
             raise ConfigError(f"--device must be cpu or cuda, got {s.device!r}")
         if s.gate_threshold is not None and not 0.0 <= s.gate_threshold <= 1.0:
             raise ConfigError(f"--gate-threshold is a probability in [0, 1], got {s.gate_threshold}")
+        if s.target_recall is not None:
+            if not 0.0 < s.target_recall <= 1.0:
+                raise ConfigError(f"--target-recall is a recall in (0, 1], got {s.target_recall}")
+            if s.gate_threshold is not None:
+                raise ConfigError("--gate-threshold and --target-recall both set the gate threshold; give one")
+            if s.val_split is None:
+                raise ConfigError("--target-recall needs the validation images to choose the threshold on: "
+                                  "--val-split train (the measured data's train split) or --val-data DIR "
+                                  "--val-split SPLIT; never the measured test images")
+            same_data = os.path.realpath(s.val_data or s.data) == os.path.realpath(s.data)
+            if same_data and s.val_split == s.split:
+                raise ConfigError(f"--val-split {s.val_split} is the split being measured; choose the threshold on "
+                                  "other images (--val-split train, or --val-data DIR)")
+        elif s.val_split is not None or s.val_data is not None:
+            raise ConfigError("--val-split/--val-data only apply with --target-recall R")
         if s.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: PyTorch sees no CUDA device here; use --device cpu")
         return s
@@ -112,9 +138,12 @@ class BenchSettings:
             args += ["--out", str(out)]
         for flag, value in (("--normal-share", self.normal_share), ("--repeat", self.repeat),
                             ("--warmup", self.warmup), ("--max-images", self.max_images), ("--threads", self.threads),
-                            ("--gate-threshold", self.gate_threshold)):
+                            ("--gate-threshold", self.gate_threshold), ("--target-recall", self.target_recall),
+                            ("--val-data", self.val_data), ("--val-split", self.val_split)):
             if value is not None:
                 args += [flag, str(value)]
+        if not self.gate_off:
+            args.append("--no-gate-off")
         args += ["--batch", str(self.batch), "--backends", ",".join(self.backends), "--device", self.device,
                  "--seed", str(self.seed)]
         return args + (["--quick"] if self.quick else [])
@@ -123,8 +152,9 @@ class BenchSettings:
 def run_benchmark(settings: BenchSettings, *, progress: bool = True, log: Callable[[str], None] = lambda _: None,
                   clock: Callable[[], float] = time.perf_counter) -> BenchResult:
     """Run the benchmark described by ``settings`` (see the module docstring)."""
+    from defectnet.bench.gating import choose_thresholds, with_gate_off
     from defectnet.bench.results import summarise
-    from defectnet.bench.writers import library_versions, machine_info
+    from defectnet.evaluation.environment import library_versions, machine_info
 
     s = settings.resolved()
     assert s.repeat is not None and s.warmup is not None
@@ -148,12 +178,29 @@ def run_benchmark(settings: BenchSettings, *, progress: bool = True, log: Callab
     if not loaded:
         reasons = "; ".join(f"{k.row} / {k.backend}: {k.reason}" for k in skips) or "no cases"
         raise ConfigError(f"nothing could be measured ({reasons})")
+    points: dict[str, dict[str, Any]] = {}
+    if s.target_recall is not None:
+        assert s.val_split is not None
+        val_images = build_image_set(s.val_data or s.data, s.val_split, seed=s.seed)
+        if val_images.class_names != images.class_names:
+            raise ConfigError(f"the validation images ({s.val_data or s.data} / {s.val_split}) have classes "
+                              f"{val_images.class_names} but the measured ones {images.class_names}; validate on "
+                              "the same data set")
+        points = choose_thresholds(loaded, val_images, s.target_recall, log=log)
+    if s.gate_off:
+        loaded = with_gate_off(loaded)
     raws = run_cases(loaded, images, repeat=s.repeat, warmup=s.warmup, batch=s.batch, clock=clock, progress=progress)
     results, baseline = summarise(raws, images, batch=s.batch, warmup=s.warmup)
+    for r in results:
+        r.operating_point = points.get(r.key)
     notes = []
-    if baseline is None:
-        notes.append("no PyTorch one-model row was measured, so there are no speed-ups; add the one-model run "
-                     "(--checkpoint RUN) and the torch backend")
+    if baseline is None and any(r.speedup_gate is not None for r in results):
+        notes.append("no PyTorch one-model row was measured, so there is no speed-up against it; the gate-off rows "
+                     "show what the gate buys on each backend ('Gate on vs gate off'); add the one-model run "
+                     "(--checkpoint RUN) and the torch backend for the speed-up against the baseline")
+    elif baseline is None:
+        notes.append("no PyTorch one-model row and no gate-off row was measured, so there are no speed-ups; add "
+                     "the one-model run (--checkpoint RUN) and the torch backend, or leave out --no-gate-off")
     return BenchResult(results, [k.to_dict() for k in skips], dict(images.selection), s.to_dict(), machine_info(),
                        library_versions(), baseline,
                        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), notes=notes)

@@ -8,6 +8,12 @@
   backend column: ATT (solid), ATT_normal (dotted) and ATT_defective (dashed) of every row,
   and the image-level macro F1, as the normal share goes from 0 to 0.99 (resampled from the
   measured per-image times and detections, :func:`defectnet.bench.resample.normal_share_curve`);
+* ``speed_recall.png`` (when gate-off cases were measured): ATT speed-up against gate
+  recall as the gate threshold sweeps, one curve per backend column, resampled from the
+  gate-off case's per-image records (:func:`defectnet.bench.resample.speed_recall_curve`);
+  the reference (PyTorch one-model, else the gate off) at 1.0, the measured gate-on cases as
+  dots and the validated operating points (``--target-recall``) as stars; one panel per
+  gated model;
 * ``latency/<row>__<backend>.png``: histogram of the per-image model-part latency of one
   case (each image's median over the repetitions), normal and defective images stacked,
   with the p50 / p99 of all timed calls as lines.
@@ -143,12 +149,50 @@ def plot_latency_histogram(case: CaseResult, path: Path, bins: int = 30) -> Path
     return _save(fig, path)
 
 
+def plot_speed_recall(result: BenchResult, path: Path) -> Path | None:
+    """The speed-recall figure (see the module docstring); None without gate-off curves."""
+    curves = [c for c in _ordered(result) if c.gate_off and c.speed_recall]
+    if not curves:
+        return None
+    models = list(dict.fromkeys(c.model_row for c in curves))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = sorted({c.label for c in curves}, key=label_order)
+    reference = f"{result.baseline} (1.0)" if result.baseline else "gate off, same backend (1.0)"
+    for ax, model in zip(axes[0], models):
+        for c in (c for c in curves if c.model_row == model):
+            colour = colours[labels.index(c.label) % len(colours)]
+            pts = sorted(c.speed_recall, key=lambda p: (p["gate_recall"], -p["threshold"]))
+            ax.step([p["gate_recall"] for p in pts], [p["speedup"] or float("nan") for p in pts], where="post",
+                    color=colour, label=c.label, linewidth=1.5)
+            on = next((o for o in result.cases if o.gate_off_key == c.key), None)
+            if on is not None and on.metrics.gate_recall is not None:
+                y = on.speedup_att if result.baseline else on.speedup_gate
+                if y is not None:
+                    marker = "*" if on.operating_point else "o"
+                    ax.plot([on.metrics.gate_recall], [y], marker, color=colour, markersize=12 if marker == "*" else 6,
+                            markeredgecolor="k")
+        ax.axhline(1.0, color="k", linewidth=0.9, linestyle="--", label=reference)
+        target = result.settings.get("target_recall")
+        if target is not None:
+            ax.axvline(float(target), color="grey", linewidth=0.8, linestyle=":", label=f"target recall {target}")
+        ax.set_xlabel("gate recall (share of defective images that run the detector)")
+        ax.set_ylabel("ATT speed-up" + (" vs PyTorch one-model" if result.baseline else " vs gate off"))
+        ax.set_title(f"{model}: speed-up vs recall (dot = measured, star = validated threshold)", fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_plots(result: BenchResult, out: str | os.PathLike[str]) -> list[Path]:
     """Every plot of the module docstring under ``out/plots``; returns the files written."""
     root = Path(out) / "plots"
     if not result.cases:
         return []
     files = [plot_att_stages(result, root / "att_stages.png")]
+    if (speed := plot_speed_recall(result, root / "speed_recall.png")) is not None:
+        files.append(speed)
     for label in sorted(result.labels, key=label_order):
         files.append(plot_normal_share(result, label, root / f"normal_share_{slug(label)}.png"))
     for c in result.cases:

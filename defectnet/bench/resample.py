@@ -155,3 +155,53 @@ def normal_share_curve(times_ms: Sequence[float], truth_defective: Sequence[bool
             f1.append(image_f1([bool(predicted_defective[i]) for i in idx], truth).macro_f1)
         points.append(CurvePoint(float(share), _mean(att), _mean(att_n), _mean(att_d), _mean(f1)))
     return points
+
+
+@dataclass(frozen=True)
+class SpeedRecallPoint:
+    """One gate threshold of :func:`speed_recall_curve`. gate_recall: share of defective
+    images with P >= threshold; normal_skipped: share of normal images below it; att_ms:
+    the resampled ATT; speedup: reference ATT / att_ms; f1: the image-level macro F1."""
+
+    threshold: float
+    gate_recall: float
+    normal_skipped: float | None
+    att_ms: float
+    speedup: float | None
+    f1: float
+
+
+def speed_recall_curve(p_defective: Sequence[float], truth_defective: Sequence[bool], full_ms: Sequence[float],
+                       skipped_ms: Sequence[float], predicted_full: Sequence[bool], *,
+                       reference_ms: float | None) -> list[SpeedRecallPoint]:
+    """ATT and speed-up against gate recall as the gate threshold sweeps, from one gate-off
+    measurement (no model call per threshold).
+
+    Per image (all lists in measurement order): P(defective); ground truth; ``full_ms``, the
+    measured model-part time with the detector on (the gate-off case's per-image median);
+    ``skipped_ms``, what the same image costs when the gate sends it out (that time minus the
+    stages that only run for passed images: sub-batch selection and detector, for a two-model
+    the detector's backbone and detector); ``predicted_full``, its verdict with the detector
+    on (any detection above the score threshold). At threshold t an image costs ``full_ms``
+    if P >= t, else ``skipped_ms``, and is predicted defective iff P >= t and
+    ``predicted_full``. Thresholds: 0 (gate off) and every distinct P of a defective image
+    (the largest threshold of each recall level), ascending. reference_ms: the ATT the
+    speed-up divides (the PyTorch one-model's, else the gate-off ATT; None: no speed-up).
+    """
+    n = len(p_defective)
+    if not (n == len(truth_defective) == len(full_ms) == len(skipped_ms) == len(predicted_full)) or n == 0:
+        raise ValueError("speed_recall_curve needs equally long, non-empty per-image lists")
+    n_def = sum(1 for t in truth_defective if t)
+    n_norm = n - n_def
+    thresholds = sorted({0.0, *(float(p) for p, t in zip(p_defective, truth_defective) if t)})
+    points = []
+    for thr in thresholds:
+        ran = [float(p) >= thr for p in p_defective]
+        att = statistics.fmean(f if r else s for f, s, r in zip(full_ms, skipped_ms, ran))
+        recall = sum(1 for r, t in zip(ran, truth_defective) if r and t) / n_def if n_def else 1.0
+        skipped = sum(1 for r, t in zip(ran, truth_defective) if not r and not t) / n_norm if n_norm else None
+        f1 = image_f1([r and bool(pf) for r, pf in zip(ran, predicted_full)], [bool(t) for t in truth_defective])
+        points.append(SpeedRecallPoint(thr, recall, skipped, att,
+                                       reference_ms / att if reference_ms is not None and att > 0 else None,
+                                       f1.macro_f1))
+    return points

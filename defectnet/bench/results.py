@@ -17,7 +17,15 @@ Per case (row x backend):
   images/s at batch 1 and at ``--batch`` (images / wall time of a pass, median over
   repetitions);
 * speed-ups: ATT (and end-to-end time) of the PyTorch one-model row divided by the case's,
-  both from this run.
+  both from this run; and for a gated case, ``speedup_gate``: the ATT of its gate-off twin
+  (:mod:`defectnet.bench.gating`, same graphs, detector on every image) divided by its own;
+* per-image records (``per_image``; see :mod:`defectnet.evaluation.records`): ground truth,
+  P(defective), ran_detector, predicted_defective, the model-part time and the backend
+  stages' times per image (medians over repetitions), and the detections (written to the
+  ``detections.json`` sidecar), so every accuracy number recomputes from the files and the
+  speed-recall curve (:func:`~defectnet.bench.resample.speed_recall_curve`) resamples them;
+* the gate's ROC AUC / average precision from the per-image P, the share of normal images
+  that skip the detector, and the thread counts each case ran with.
 """
 
 from __future__ import annotations
@@ -28,24 +36,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from defectnet.bench.gating import GATE_OFF_SUFFIX
 from defectnet.bench.imageset import ImageSet
-from defectnet.bench.resample import CurvePoint, normal_share_curve
+from defectnet.bench.resample import CurvePoint, normal_share_curve, speed_recall_curve
 from defectnet.bench.runner import STAGES, RawCase
 from defectnet.bench.scenario import TORCH
 from defectnet.evaluation.coco_map import coco_map, detections_to_coco
 from defectnet.evaluation.evaluate import EvalResult
 from defectnet.evaluation.f1 import SCORE_THRESHOLD, gate_metrics, image_f1, predicted_defective
-from defectnet.evaluation.timing import att_ideal, percentile, summarize_times
+from defectnet.evaluation.records import gate_ranking, group_detections, round_p
+from defectnet.evaluation.timing import att_ideal, percentile, summarize_times, thread_counts
 
 SCHEMA = "defectnet-bench"
-SCHEMA_VERSION = 1
+#: 2: per-image stage times and detections, gate-off cases, thread counts, operating points.
+SCHEMA_VERSION = 2
+#: Backend stages recorded per image (ms, median over repetitions) as ``<stage>_ms``.
+PER_IMAGE_STAGES: tuple[str, ...] = ("classifier", "gate", "select", "detector")
 
 
 @dataclass
 class CaseResult:
     """One (row, backend, precision). metrics: the seed's numbers (ATT fields are medians
     over repetitions; att_p50/p99 are model-part percentiles). Times in ms; throughput in
-    images/s; stages_ms: mean ms per image of each stage (median over repetitions)."""
+    images/s; stages_ms: mean ms per image of each stage (median over repetitions).
+
+    gate_off: this is the gate-off twin of ``model_row`` (the row name without the suffix).
+    speedup_gate: gate-off ATT / this case's ATT (gated, gate-on cases; ``gate_off_key``
+    names the twin). normal_skipped: share of ground-truth normal images that did not run
+    the detector. threads: :func:`~defectnet.evaluation.timing.thread_counts` of the case.
+    detections_file: the sidecar holding ``per_image["detections"]`` once written.
+    operating_point: the validated threshold (``--target-recall``) this case ran at.
+    speed_recall: the resampled speed-recall curve (gate-off cases; see
+    :func:`~defectnet.bench.resample.speed_recall_curve`)."""
 
     row: str
     backend: str
@@ -70,6 +92,15 @@ class CaseResult:
     per_image: dict[str, list[Any]] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    gate_off: bool = False
+    model_row: str = ""
+    speedup_gate: float | None = None
+    gate_off_key: str | None = None
+    normal_skipped: float | None = None
+    threads: dict[str, Any] = field(default_factory=dict)
+    detections_file: str | None = None
+    operating_point: dict[str, Any] | None = None
+    speed_recall: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -151,6 +182,28 @@ def _accuracy(raw: RawCase, images: ImageSet, coco_gt: Any) -> tuple[Any, Any, A
     return mres, image_f1(predicted, truth), gate_metrics([d.ran_detector for d in raw.detections], truth), predicted
 
 
+def _stage_per_image(raw: RawCase, n: int) -> dict[str, list[float]]:
+    """``<stage>_ms`` per image (median over repetitions) of the backend stages."""
+    if len(raw.stage_calls) != len(raw.model_s) or any(len(rep) != n for rep in raw.stage_calls):
+        return {}
+    return {f"{s}_ms": [round(v, 4) for v in _per_image_median([[c.get(s, 0.0) for c in rep]
+                                                                 for rep in raw.stage_calls])]
+            for s in PER_IMAGE_STAGES}
+
+
+def _detections(raw: RawCase, images: ImageSet) -> list[list[list[float]]]:
+    """Per-image detection records (original pixels, COCO category ids; the measured
+    position's id ``k + 1``, as :meth:`ImageSet.coco_gt` numbers them)."""
+    ids = [images.image_id(k) for k in range(len(images))]
+    results = detections_to_coco(raw.detections, ids, raw.scale_factors, raw.original_sizes,
+                                 raw.loaded.label_to_category_id)
+    return group_detections(results, ids)
+
+
+def _model_row(name: str, gate_off: bool) -> str:
+    return name[:-len(GATE_OFF_SUFFIX)] if gate_off and name.endswith(GATE_OFF_SUFFIX) else name
+
+
 def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, att_one_from: str | None,
                    batch: int, warmup: int, coco_gt: Any = None) -> CaseResult:
     """The :class:`CaseResult` of one measured case (see the module docstring)."""
@@ -175,6 +228,10 @@ def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, 
     all_model_ms = [t * 1e3 for rep in raw.model_s for t in rep]
     all_e2e_ms = [t * 1e3 for rep in raw.e2e_s for t in rep]
     mres, f1, gate, predicted = _accuracy(raw, images, coco_gt if coco_gt is not None else images.coco_gt())
+    p_rounded = [round_p(d.p_defective) for d in raw.detections]
+    ranking = gate_ranking(p_rounded, truth) if lc.has_gate else None
+    ran = [bool(d.ran_detector) for d in raw.detections]
+    normal_ran = [r for r, t in zip(ran, truth) if not t]
     if raw.unstable_repetitions:
         notes.append(f"detections of repetition(s) {raw.unstable_repetitions} differ from repetition 1 "
                      "(nondeterministic backend); accuracy is from repetition 1")
@@ -194,7 +251,11 @@ def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, 
         confusion={"tp": f1.tp, "fp": f1.fp, "fn": f1.fn, "tn": f1.tn}, has_gate=lc.has_gate, warmup=warmup,
         score_threshold=SCORE_THRESHOLD, gate_threshold=lc.pipeline.gate_threshold if lc.has_gate else None,
         device=lc.device, remark=lc.remark,
-        run_dir=str(case.row.run_dir) if case.row.run_dir else None, split=images.selection.get("split"))
+        run_dir=str(case.row.run_dir) if case.row.run_dir else None, split=images.selection.get("split"),
+        gate_roc_auc=ranking.roc_auc if ranking else None,
+        gate_average_precision=ranking.average_precision if ranking else None,
+        effective_gate_threshold=float(lc.pipeline.gate_threshold) if lc.has_gate else None,
+        threads=thread_counts(lc.stages))
     e2e_rep = [statistics.fmean(rep) * 1e3 for rep in raw.e2e_s]
     model_med = [t * 1e3 for t in _per_image_median(raw.model_s)]
     stages = {s: statistics.median(rep.get(s, 0.0) for rep in raw.stage_ms) for s in STAGES}
@@ -211,9 +272,12 @@ def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, 
         batch=batch, stages_ms=stages, att_reps_ms=[s.att_ms for s in per_rep], load_s=lc.load_s,
         per_image={"image_id": [images.source_image_id(k) for k in range(n)], "defective": truth,
                    "model_ms": model_med, "e2e_ms": [t * 1e3 for t in _per_image_median(raw.e2e_s)],
-                   "predicted_defective": predicted, "ran_detector": [d.ran_detector for d in raw.detections],
-                   "p_defective": [round(d.p_defective, 6) for d in raw.detections]},
-        curve=normal_share_curve(model_med, truth, predicted), notes=notes)
+                   "predicted_defective": predicted, "ran_detector": ran, "p_defective": p_rounded,
+                   **_stage_per_image(raw, n), "detections": _detections(raw, images)},
+        curve=normal_share_curve(model_med, truth, predicted), notes=notes,
+        gate_off=lc.gate_off, model_row=_model_row(case.row.name, lc.gate_off),
+        normal_skipped=1.0 - sum(normal_ran) / len(normal_ran) if normal_ran else None,
+        threads=thread_counts(lc.stages))
 
 
 def summarise(raws: Sequence[RawCase], images: ImageSet, *, batch: int, warmup: int) -> tuple[list[CaseResult],
@@ -244,4 +308,48 @@ def summarise(raws: Sequence[RawCase], images: ImageSet, *, batch: int, warmup: 
         for r in results:
             r.speedup_att = base.metrics.att_ms / r.metrics.att_ms if r.metrics.att_ms > 0 else None
             r.speedup_e2e = base.e2e_ms / r.e2e_ms if r.e2e_ms > 0 else None
+    link_gate_off(results, base)
     return results, base.key if base is not None else None
+
+
+def skipped_ms(case: CaseResult) -> list[float] | None:
+    """Per image, what a gate-off case's image costs when the gate sends it out: its model
+    time minus the stages only passed images run (None without per-image stage times)."""
+    pi = case.per_image
+    if "detector_ms" not in pi:
+        return None
+    passed_only = ("gate", "detector") if case.kind == "two-model" else ("select", "detector")
+    return [max(t - sum(pi[f"{s}_ms"][k] for s in passed_only), 0.0) for k, t in enumerate(pi["model_ms"])]
+
+
+def link_gate_off(results: Sequence[CaseResult], base: CaseResult | None) -> None:
+    """Pair every gated case with its gate-off twin: ``speedup_gate`` and ``gate_off_key``
+    on the gate-on case, the speed-recall curve on the twin (speed-up against the PyTorch
+    one-model ``base``, else against the twin's own gate-off ATT), and a note on the gate-on
+    case comparing its measured ATT with the curve's resampled ATT at its threshold."""
+    twins = {(r.model_row, r.label): r for r in results if r.gate_off}
+    for r in results:
+        off = twins.get((r.model_row or r.row, r.label))
+        if r.gate_off or off is None or not r.metrics.has_gate:
+            continue
+        r.gate_off_key = off.key
+        r.speedup_gate = off.metrics.att_ms / r.metrics.att_ms if r.metrics.att_ms > 0 else None
+        skipped = skipped_ms(off)
+        if skipped is None:
+            continue
+        pi = off.per_image
+        ref = statistics.fmean(base.per_image["model_ms"]) if base is not None else statistics.fmean(pi["model_ms"])
+        curve = speed_recall_curve(pi["p_defective"], pi["defective"], pi["model_ms"], skipped,
+                                   pi["predicted_defective"], reference_ms=ref)
+        off.speed_recall = [asdict(pt) for pt in curve]
+        off.notes.append("speed_recall: speed-up against "
+                         + (f"{base.key} (mean of its per-image medians)" if base is not None else
+                            "this gate-off case's own mean per-image time"))
+        thr = r.metrics.effective_gate_threshold
+        if thr is not None:
+            ran = [p >= thr for p in pi["p_defective"]]
+            resampled = statistics.fmean(f if x else s_ for f, s_, x in zip(pi["model_ms"], skipped, ran))
+            measured = statistics.fmean(r.per_image["model_ms"])
+            r.notes.append(f"speed-recall resampling check at threshold {thr:.6g}: {resampled:.1f} ms resampled "
+                           f"from the gate-off records vs {measured:.1f} ms measured (mean of per-image medians, "
+                           f"{100 * (resampled / measured - 1):+.1f} %)")

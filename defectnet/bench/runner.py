@@ -98,7 +98,9 @@ class StageTimedBackend(Backend):
 @dataclass
 class LoadedCase:
     """A case ready to measure. pipeline: anything with ``preprocessor`` and
-    ``inference(images, image_sizes)`` (a :class:`~defectnet.runtime.Pipeline`)."""
+    ``inference(images, image_sizes)`` (a :class:`~defectnet.runtime.Pipeline`). gate_off:
+    the gated model with its detector forced on every image
+    (:func:`defectnet.bench.gating.gate_off_twin`)."""
 
     case: Case
     pipeline: Any
@@ -109,18 +111,21 @@ class LoadedCase:
     has_gate: bool
     device: str
     load_s: float = 0.0
+    gate_off: bool = False
 
 
 @dataclass
 class RawCase:
     """What one case measured. model_s / e2e_s: ``[repetition][image]`` seconds at batch 1;
-    stage_ms: ``[repetition]`` stage -> mean ms per image at batch 1; batch_model_s /
+    stage_ms: ``[repetition]`` stage -> mean ms per image at batch 1; stage_calls:
+    ``[repetition][image]`` the backend stages' ms of each batch-1 call; batch_model_s /
     batch_e2e_s: ``[repetition]`` total seconds of the batch pass."""
 
     loaded: LoadedCase
     model_s: list[list[float]] = field(default_factory=list)
     e2e_s: list[list[float]] = field(default_factory=list)
     stage_ms: list[dict[str, float]] = field(default_factory=list)
+    stage_calls: list[list[dict[str, float]]] = field(default_factory=list)
     batch_model_s: list[float] = field(default_factory=list)
     batch_e2e_s: list[float] = field(default_factory=list)
     detections: list[Detections] = field(default_factory=list)
@@ -240,6 +245,7 @@ class _Pass:
     stage_ms: dict[str, float]
     scale_factors: list[tuple[float, float]]
     original_sizes: list[tuple[int, int]]
+    stage_calls: list[dict[str, float]] = field(default_factory=list)
 
 
 def _infer(pipeline: Any, batch: ImageBatch) -> list[Detections]:
@@ -292,6 +298,7 @@ def measure_pass(loaded: LoadedCase, images: ImageSet, positions: Sequence[int],
             out.stage_ms[name] = out.stage_ms.get(name, 0.0) + ms
             backend_ms += ms
         out.stage_ms["other"] += max(model * 1e3 - backend_ms, 0.0)
+        out.stage_calls.append(stage)
     return out
 
 
@@ -338,6 +345,7 @@ def run_cases(loaded: Sequence[LoadedCase], images: ImageSet, *, repeat: int = 5
                 raw.model_s.append(p.model_s)
                 raw.e2e_s.append(p.e2e_s)
                 raw.stage_ms.append({k: v / n for k, v in p.stage_ms.items()})
+                raw.stage_calls.append(p.stage_calls)
                 sig = _signature(p.detections)
                 if r == 0:
                     raw.detections, signatures[i] = p.detections, sig

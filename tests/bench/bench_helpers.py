@@ -135,3 +135,30 @@ def hand_result() -> BenchResult:
         {"cpu": "Test CPU", "usable_cores": 2, "gpus": []},
         {"torch": "2.14.1", "onnxruntime": "1.32.0", "tensorrt": None},
         baseline="one-model | torch fp32", command="defectnet-bench --data data", created="2026-01-01T00:00:00+00:00")
+
+
+def hand_result_gated() -> BenchResult:
+    """PyTorch one-model plus a const model with gate-off twins on torch fp32, onnxruntime
+    fp32 and int8 (ATT gate off / on: 64/40, 48/30, 24/16 ms), linked as the bench links them."""
+    from defectnet.bench.results import link_gate_off
+
+    def gated(backend: str, precision: str, att: float, off: bool) -> CaseResult:
+        c = _case("defectnet_const (gate off)" if off else "defectnet_const", backend, precision, att, att * 0.5,
+                  att * 1.5, 60.0 / att, gate=True)
+        c.gate_off, c.model_row = off, "defectnet_const"
+        c.normal_skipped = 0.0 if off else 0.6
+        c.metrics.effective_gate_threshold = 0.0 if off else 0.25
+        return c
+
+    one = _case("one-model", "torch", "fp32", 60.0, 60.0, 60.0, 1.0, gate=False)
+    one.model_row = "one-model"
+    cases = [one]
+    for backend, precision, off_att, on_att in (("torch", "fp32", 64.0, 40.0), ("onnxruntime", "fp32", 48.0, 30.0),
+                                                 ("onnxruntime", "int8", 24.0, 16.0)):
+        cases += [gated(backend, precision, off_att, True), gated(backend, precision, on_att, False)]
+    link_gate_off(cases, one)
+    return BenchResult(cases, [], {"data": "data", "split": "test", "how": "whole split, file order",
+                                   "normal_share": 0.5, "num_images": 10, "num_normal": 5, "num_defective": 5},
+                       {"repeat": 3, "warmup": 3, "batch": 4, "threads": 1, "device": "cpu"},
+                       {"cpu": "Test CPU", "usable_cores": 2, "gpus": []}, {"torch": "2.14.1"},
+                       baseline="one-model | torch fp32", command="defectnet-bench --data data")

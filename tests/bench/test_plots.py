@@ -26,3 +26,21 @@ def test_write_plots(tmp_path: Path) -> None:
 def test_slug() -> None:
     assert slug("onnxruntime int8 [engine-int8]") == "onnxruntime_int8_engine-int8"
     assert slug("defectnet_const (run a)") == "defectnet_const_run_a"
+
+
+def test_speed_recall_plot(tmp_path: Path) -> None:
+    """One curve per backend from the gate-off cases; none without curves."""
+    from bench_helpers import hand_result_gated
+
+    from defectnet.bench.plots import plot_speed_recall
+
+    r = hand_result_gated()
+    assert plot_speed_recall(r, tmp_path / "none.png") is None
+    for c in r.cases:
+        if c.gate_off:
+            c.speed_recall = [{"threshold": t, "gate_recall": rec, "normal_skipped": 1 - rec, "att_ms": 10 * rec,
+                               "speedup": 1 / max(rec, 0.1), "f1": 0.9} for t, rec in ((0.0, 1.0), (0.4, 0.8),
+                                                                                       (0.9, 0.3))]
+    path = plot_speed_recall(r, tmp_path / "speed_recall.png")
+    assert path is not None and path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 1000
+    assert "speed_recall.png" in [p.name for p in write_plots(r, tmp_path / "all")]

@@ -87,3 +87,22 @@ def test_curve_from_measured_times() -> None:
 def test_curve_without_one_class() -> None:
     curve = normal_share_curve([5.0, 6.0], [True, True], [True, False], shares=(0.0, 0.5), n=2)
     assert curve[0].att_ms == pytest.approx(5.5) and curve[1].att_ms is None
+
+
+def test_speed_recall_curve_by_hand() -> None:
+    """Two defective (P 0.9, 0.6) and two normal images (P 0.3, 0.7); 10 ms with the detector,
+    2 ms without. One point per recall level, at the largest threshold that keeps it."""
+    from defectnet.bench.resample import speed_recall_curve
+
+    pts = speed_recall_curve([0.9, 0.6, 0.3, 0.7], [True, True, False, False], [10.0] * 4, [2.0] * 4,
+                             [True, True, False, True], reference_ms=10.0)
+    assert [p.threshold for p in pts] == [0.0, 0.6, 0.9]
+    assert [p.gate_recall for p in pts] == [1.0, 1.0, 0.5]
+    assert [p.normal_skipped for p in pts] == [0.0, 0.5, 1.0]
+    assert [p.att_ms for p in pts] == pytest.approx([10.0, 8.0, 4.0])
+    assert [p.speedup for p in pts] == pytest.approx([1.0, 1.25, 2.5])
+    # at 0.9 the second defective image escapes: predicted [T, F, F, F]
+    assert pts[2].f1 == pytest.approx((2 / 3 + 4 / 5) / 2) and pts[0].f1 == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert speed_recall_curve([0.5], [True], [3.0], [1.0], [True], reference_ms=None)[0].speedup is None
+    with pytest.raises(ValueError, match="equally long"):
+        speed_recall_curve([0.5], [True, False], [3.0], [1.0], [True], reference_ms=None)

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from bench_helpers import hand_result
 
 from defectnet.bench import writers
@@ -48,10 +49,11 @@ CSV_HEAD = (
     "att_ideal_ms,att_p50_ms,att_p99_ms,speedup_att,e2e_ms,e2e_p50_ms,e2e_p99_ms,speedup_e2e,throughput_b1,batch,"
     "throughput_batch,att_batch_ms,stage_decode_ms,stage_preprocess_ms,stage_classifier_ms,stage_gate_ms,"
     "stage_select_ms,stage_detector_ms,stage_other_ms,stage_postprocess_ms,num_images,num_normal,num_defective,"
-    "detector_runs,device,engine_dir,run_dir,remark,created,cpu,gpu,torch,onnxruntime,tensorrt,repeat,warmup,"
-    "threads,normal_share\n"
+    "detector_runs,device,engine_dir,run_dir,remark,gate_off,model_row,gate_threshold,speedup_gate,normal_skipped,"
+    "gate_roc_auc,gate_average_precision,created,cpu,gpu,torch,onnxruntime,tensorrt,repeat,warmup,threads,"
+    "normal_share\n"
     "one-model,torch,fp32,torch fp32,one-model,0.2,0.4,0.9,,,60,60,60,59,59.5,65,1,63.25,63,69,0.9,15.8103,4,"
-    "23.7154,48,1,2,0,30,0.1,29.4,0.5,0.25,10,5,5,10,cpu,,runs/one-model,one-model+cascade,"
+    "23.7154,48,1,2,0,30,0.1,29.4,0.5,0.25,10,5,5,10,cpu,,runs/one-model,one-model+cascade,false,one-model,,,,,,"
     "2026-01-01T00:00:00+00:00,Test CPU,,2.14.1,1.32.0,,3,3,1,0.5\n")
 
 
@@ -110,3 +112,47 @@ def test_machine_and_library_info(tmp_path: Path) -> None:
     lib = writers.library_versions()
     assert lib["torch"] and lib["onnxruntime"] and lib["onnx"] and "tensorrt" in lib
     assert lib["tensorrt"] is None or isinstance(lib["tensorrt"], str)
+
+
+GATE = """\
+| Model | Backend | gate | ATT(MS) | ATT_normal(MS) | ATT_defective(MS) | mAP | F1 | gate recall | normal skipped \
+| gate buys | speed-up vs PyTorch one-model |
+|---|---|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|
+| defectnet_const | torch fp32 | off | 64.000 | 32.000 | 96.000 | 0.200 | 0.900 | 0.950 | 0.0 % | 1.00x | 0.94x |
+| defectnet_const | torch fp32 | on (P >= 0.25) | 40.000 | 20.000 | 60.000 | 0.200 | 0.900 | 0.950 | 60.0 % | 1.60x \
+| 1.50x |
+| defectnet_const | onnxruntime fp32 | off | 48.000 | 24.000 | 72.000 | 0.200 | 0.900 | 0.950 | 0.0 % | 1.00x | 1.25x |
+| defectnet_const | onnxruntime fp32 | on (P >= 0.25) | 30.000 | 15.000 | 45.000 | 0.200 | 0.900 | 0.950 | 60.0 % \
+| 1.60x | 2.00x |
+| defectnet_const | onnxruntime int8 | off | 24.000 | 12.000 | 36.000 | 0.200 | 0.900 | 0.950 | 0.0 % | 1.00x | 2.50x |
+| defectnet_const | onnxruntime int8 | on (P >= 0.25) | 16.000 | 8.000 | 24.000 | 0.200 | 0.900 | 0.950 | 60.0 % \
+| 1.50x | 3.75x |"""
+
+EFFECTS = """\
+| Model | Backend | backend (gate off, vs PyTorch fp32) | quantization (gate off, vs the backend's fp32) \
+| gate (off -> on) | together (vs PyTorch fp32, gate off) |
+|---|---|:---:|:---:|:---:|:---:|
+| defectnet_const | torch fp32 | 1.00x | 1.00x | 1.60x | 1.60x |
+| defectnet_const | onnxruntime fp32 | 1.33x | 1.00x | 1.60x | 2.13x |
+| defectnet_const | onnxruntime int8 | 1.33x | 2.00x | 1.50x | 4.00x |
+
+- defectnet_const, torch fp32: the gate buys 1.60x
+- defectnet_const, onnxruntime fp32: the gate buys 1.60x, with the backend's 1.33x over PyTorch: 2.13x against \
+PyTorch fp32 with the gate off
+- defectnet_const, onnxruntime int8: quantization buys 2.00x, the gate buys 1.50x, together 3.00x, with the \
+backend's 1.33x over PyTorch: 4.00x against PyTorch fp32 with the gate off"""
+
+
+def test_gate_and_effects_tables_golden() -> None:
+    """Gate on next to gate off per backend, and backend x quantization x gate = together."""
+    from bench_helpers import hand_result_gated
+
+    r = hand_result_gated()
+    assert writers.gate_table(r) == GATE
+    assert writers.effects_table(r) == EFFECTS
+    for e in writers.effects(r):
+        assert e["backend"] * e["quantization"] * e["gate"] == pytest.approx(e["together"])
+    text = writers.markdown_report(r)
+    assert "## Gate on vs gate off" in text and "## What each step buys" in text
+    assert "## At the validated operating point" not in text  # no --target-recall
+    assert writers.gate_table(hand_result()) == "" and writers.effects_table(hand_result()) == ""
