@@ -72,27 +72,37 @@ def _time(fn: Any, n: int) -> list[float]:
     return out
 
 
-def selection_timings(engine_dir: Path, threads: int, n: int = 15) -> dict[str, Any]:
-    """ms of selecting images {0, 2} (Gather) or {1, 2} (consecutive) of a batch of 4."""
+def selection_timings(engine_dir: Path, threads: int, hw: tuple[int, int], n: int = 15) -> dict[str, Any]:
+    """ms of selecting images {0, 2} (Gather) or {1, 2} (consecutive) of a batch of 4 random
+    images of the padded input size ``hw``."""
     engine = load_engine(engine_dir)
-    long, short = engine.preprocessor.scale
-    d = engine.preprocessor.size_divisor
-    h, w = -(-short // d) * d, -(-long // d) * d
+    h, w = hw
     x = torch.randint(0, 256, (4, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    s = torch.tensor([[short, long]] * 4)
+    s = torch.tensor([[h, w]] * 4)
     out: dict[str, Any] = {"batch": 4, "input": [h, w]}
     ov = make_backend(engine, "openvino", BackendOptions(threads=threads))
     _, f = ov.run_gate(x, s)
     gather, consecutive = torch.tensor([0, 2]), torch.tensor([1, 2])
     import openvino as ovm
 
-    def numpy_copy() -> None:
-        idx = gather.numpy()
-        {k: ovm.Tensor(np.take(f[k].data, idx, axis=0)) for k in f}
+    from defectnet.runtime.backends.onnx_runtime import _selector_model
+    from defectnet.runtime.backends.openvino import compile_graph
 
-    for name, fn in {"openvino_gather_graph": lambda: ov.select(f, gather),
-                     "openvino_roi_views": lambda: ov.select(f, consecutive),
-                     "openvino_numpy_take": numpy_copy}.items():
+    with tempfile.TemporaryDirectory() as tmp:  # the Gather graph ONNX Runtime's backend uses, on OpenVINO
+        path = Path(tmp) / "select.onnx"
+        path.write_bytes(_selector_model())
+        request = compile_graph(ovm.Core(), path, threads=threads, name="select").create_infer_request()
+
+    def gather_graph() -> None:
+        for k in ("c2", "c3", "c4", "c5"):
+            request.set_tensor(k, f[k])
+            request.set_tensor(f"{k}_out", ovm.Tensor(ovm.Type.f32, ovm.Shape([0, 0, 0, 0])))
+        request.set_tensor("index", ovm.Tensor(gather.numpy()))
+        request.infer()
+
+    for name, fn in {"openvino_select_np_take (used: non-consecutive)": lambda: ov.select(f, gather),
+                     "openvino_select_roi_views (used: consecutive)": lambda: ov.select(f, consecutive),
+                     "openvino_compiled_gather_graph (not used)": gather_graph}.items():
         fn()
         out[name] = _stats(_time(fn, n))
     ort = make_backend(engine, "onnxruntime", BackendOptions(threads=threads))
@@ -155,7 +165,8 @@ def main(out: Path, scales: str, repeat: int, threads: int, calib_size: int, wor
         timing_s = time.time() - t0
         results.append({"scale": list(scale), "input_hw": list(inputs[0][0].shape[2:]), "graphs": graphs,
                         "half_mode": blocks.get("half_mode"), "timing_seconds": round(timing_s, 1),
-                        "selection": selection_timings(engine_dir, threads)})
+                        "selection": selection_timings(engine_dir, threads,
+                                                       (int(inputs[0][0].shape[2]), int(inputs[0][0].shape[3])))})
     import onnxruntime
     import openvino
 
