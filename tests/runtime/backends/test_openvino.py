@@ -246,3 +246,31 @@ def test_a_graph_openvino_cannot_read_names_the_graph(run_engine: Path, tmp_path
     backend = make_backend(load_engine(folder, check_hashes=False), "openvino")
     with pytest.raises(EngineError, match="OpenVINO cannot compile the gate graph of .*re-export it"):
         backend.load()
+
+
+@needs_openvino
+def test_auto_fp32_build_of_a_two_model_engine_without_data(two_model_engine: tuple[Path, object],
+                                                            tmp_path: Path) -> None:
+    """Without --data only fp32 candidates compete and the accuracy gate is recorded as
+    skipped; the classifier graph gets its own choice like the others."""
+    from defectnet.engine_build import BuildOptions, build_engine
+
+    root, _ = two_model_engine
+    names = ["onnxruntime fp32", "openvino fp32"]
+    timings = {"classifier": {names[0]: [2.0], names[1]: [1.0]}, "gate": {names[0]: [1.0], names[1]: [2.0]},
+               "detector": {names[0]: [3.0, 3.0], names[1]: [2.0, 2.5]}}
+    out = tmp_path / "engine-auto"
+    m = build_engine(root, out, BuildOptions(precision=None, backend="auto", timings=timings, log=lambda _: None))
+    assert m.selection is not None and m.selection.chosen == {"classifier": "openvino fp32",
+                                                              "gate": "onnxruntime fp32", "detector": "openvino fp32"}
+    assert (m.backend, m.precision) == (BackendName.AUTO, Precision.FP32)
+    assert m.accuracy is not None and m.accuracy.passed is None and "no --data" in (m.accuracy.skipped or "")
+    backend = make_backend(load_engine(out), "auto")
+    assert isinstance(backend, PerGraphBackend)
+    assert backend.describe() == {"classifier": "openvino", "gate": "onnxruntime", "detector": "openvino"}
+    ims = images(3, seed=2)
+    ref = Pipeline.from_engine(root, "onnxruntime", gate_threshold=0.0).run(ims)
+    got = Pipeline.from_engine(out, "auto", gate_threshold=0.0).run(ims)
+    for ra, rb in zip(ref, got):
+        assert abs(ra.p_defective - rb.p_defective) <= TOL and ra.verdict == rb.verdict
+        assert torch.equal(ra.labels, rb.labels) and _max_diff(ra.scores, rb.scores) <= TOL
