@@ -283,3 +283,21 @@ def test_failed_gate_statuses_are_recorded() -> None:
     statuses = {r["name"]: r["status"] for r in sel.candidates["gate"]}
     assert statuses == {"onnxruntime int8": FAILED, "onnxruntime fp32": CHOSEN, "openvino fp32": "slower"}
     assert sel.to_json()["chosen"] == {"gate": "onnxruntime fp32", "detector": "openvino fp32"}
+
+
+@needs_openvino
+def test_auto_build_that_fails_the_gate_leaves_a_rejected_manifest(tiny_engine: Engine, tiny_data: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "rejected"
+    names = ["onnxruntime fp32", "openvino fp32"]
+    timings = {g: {names[0]: [2.0], names[1]: [1.0]} for g in ("gate", "detector")}
+    with pytest.raises(EngineError, match=r"fp32 engine fails the accuracy gate.*F1 .*FAILED.*manifest.rejected.json"):
+        build_engine(tiny_engine.root, out, BuildOptions(precision="fp32", backend="auto", data_dir=tiny_data,
+                                                         tolerances=Tolerances(1.0, 1.0, -1.0, 1.0), timings=timings,
+                                                         log=lambda _: None))
+    assert not (out / MANIFEST_FILE).exists()
+    rejected = json.loads((out / "manifest.rejected.json").read_text())
+    assert rejected["accuracy"]["passed"] is False and rejected["accuracy"]["failed"] == ["F1"]
+    evaluations = rejected["selection"]["evaluations"]
+    assert len(evaluations) == 1 and evaluations[0] == {**evaluations[0], "graphs": {"gate": "openvino fp32", "detector": "openvino fp32"},
+                              "passed": False}
