@@ -167,14 +167,14 @@ class _ModelReplica:
             return [self._each([item], run)[0] for item in items]
 
     @staticmethod
-    def _expired(expires_at: float) -> StageReply:
+    def _expired() -> StageReply:
         return StageReply(reason=Reason.TIMEOUT.value, message="the request's deadline passed while it waited for "
                           "a replica, so it was not inspected")
 
     def _by_size(self, jobs: list[GateJob], run: Callable[[list[Tensor]], list[StageReply]]) -> list[StageReply]:
         """Skip expired jobs; run the rest grouped by image size."""
         now = time.time()
-        replies: list[StageReply | None] = [self._expired(j.expires_at) if j.expires_at <= now else None
+        replies: list[StageReply | None] = [self._expired() if j.expires_at <= now else None
                                             for j in jobs]
         live = [i for i, r in enumerate(replies) if r is None]
         for group in _groups([jobs[i].image.shape for i in live]):
@@ -231,7 +231,7 @@ class Detector(_ModelReplica):
                     f"the gate's features of this image were lost ({type(job).__name__}); the Ingress sends it through "
                     "the gate again"))
             elif call.expires_at <= now:
-                replies[i] = self._expired(call.expires_at)
+                replies[i] = self._expired()
             else:
                 live.append(i)
         for group in _groups([tuple(fetched[i].features["c2"].shape[1:]) for i in live]):
@@ -309,7 +309,10 @@ class Ingress:
         while True:
             try:
                 if self.config.mode == "fused":
-                    return _outcome(await self._call(FUSED, job))
+                    reply = await self._call(FUSED, job)
+                    if reply.result is not None:
+                        self.metrics.record_gate(reply.result.ran_detector)
+                    return _outcome(reply)
                 if gated is None:
                     stage = GATE
                     reply = await self._call(GATE, job)

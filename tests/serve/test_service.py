@@ -326,6 +326,13 @@ def test_ingress_retries_dead_replicas_and_maps_back_pressure() -> None:
     # replicas that stay dead: 'unavailable' once the deadline leaves no time for another try
     outcome, _, g, d = run([ray.exceptions.ActorDiedError()] * 50, [], expires_in=0.3)
     assert outcome.reason == Reason.UNAVAILABLE and 1 < len(g.payloads) < 50
+    # fused: one call; the gate pass rate is counted from the result
+    fused_args = ServeOptions(engine="/e", loopback=False, mode="fused").to_args()
+    f = _Handle([ok])
+    fused_ingress = Ingress.func_or_class(fused_args, f)
+    outcome = asyncio.run(fused_ingress._infer(image, time.time() + 30))
+    assert outcome.result is not None and len(f.payloads) == 1
+    assert "defectnet_serve_gate_passed_total 1.0" in fused_ingress.metrics.text()
     # an error reply of the model (one bad image) is passed on as is
     bad = StageReply(reason=Reason.BACKEND_ERROR.value, message="the backend failed")
     outcome, _, _, _ = run([bad], [])
