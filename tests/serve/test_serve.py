@@ -35,6 +35,7 @@ from defectnet.serve.options import Scaling, ServeOptions  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.timeout(300)]
 FUSED_APP = "fused"
+TINY_APP = "tiny"
 
 
 @dataclass
@@ -75,6 +76,10 @@ def cluster(serve_engine: Path) -> Iterator[Cluster]:
 
         fused = ServeOptions.from_args({**options.to_args(), "mode": "fused", "fused": {"cpus": 1}})
         serve.run(build_app(fused), name=FUSED_APP, route_prefix=f"/{FUSED_APP}")
+        # tiny queues for the overload test: one image in the replica, one more waiting, then 503
+        tiny = ServeOptions.from_args({**fused.to_args(), "fused": {"cpus": 0}, "max_queued": 1, "max_batch_size": 1,
+                                       "retry_after_s": 0.5})
+        serve.run(build_app(tiny), name=TINY_APP, route_prefix=f"/{TINY_APP}")
         yield Cluster(service, pipeline, images, expected, set(before))
     finally:
         service.shutdown()
@@ -88,13 +93,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _post(url: str, body: bytes, query: str = "", timeout: float = 90.0) -> tuple[int, dict[str, Any], Any]:
+def _post(url: str, body: bytes, query: str = "", timeout: float = 90.0) -> tuple[int, Any, Any]:
+    """(status, the JSON answer -- or the raw text when it is not JSON, headers)."""
     request = urllib.request.Request(f"{url}/v1/inspect{query}", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, json.loads(r.read()), r.headers
+            status, raw, headers = r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), e.headers
+        status, raw, headers = e.code, e.read(), e.headers
+    try:
+        return status, json.loads(raw), headers
+    except ValueError:
+        return status, raw.decode("utf-8", "replace"), headers
 
 
 def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -236,13 +246,39 @@ def test_healthz_and_metrics(cluster: Cluster) -> None:
         health = json.loads(r.read())
     assert r.status == 200 and health["ready"] is True
     assert health["running_replicas"] == {"Ingress": 1, "Gate": 1, "Detector": 2}
-    with urllib.request.urlopen(f"{cluster.service.url}/{FUSED_APP}/healthz", timeout=30) as r:
-        assert json.loads(r.read())["running_replicas"] == {"Ingress": 1, "Fused": 1}
+    for app in (FUSED_APP, TINY_APP):
+        with urllib.request.urlopen(f"{cluster.service.url}/{app}/healthz", timeout=30) as r:
+            assert json.loads(r.read())["running_replicas"] == {"Ingress": 1, "Fused": 1}
     samples = _metrics(cluster.service.url)
     for name in ("requests_total", "results_total", "errors_total", "gate_pass_rate", "latency_seconds_count",
                  "deployment_latency_seconds_count", "deployment_batch_size_count", "deployment_busy_seconds_total"):
         assert any(key[0] == f"defectnet_serve_{name}" for key in samples), name
     assert samples[("defectnet_serve_errors_total", (("reason", "too_small"),))] >= 1
+
+
+def test_overload_gets_503_with_retry_after_and_the_client_retries(cluster: Cluster) -> None:
+    from defectnet.serve.client import ServeClient
+
+    url = f"{cluster.service.url}/{TINY_APP}"
+    body = png(cluster.images[0])
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda k: _post(url, body, f"?key=o{k}"), range(24)))
+    statuses = Counter(status for status, _, _ in answers)
+    assert set(statuses) <= {200, 503} and statuses[503] >= 1 and statuses[200] >= 2, statuses
+    for status, record, headers in answers:
+        if status == 503:  # from the Ingress (an overloaded record) or Serve's proxy (text); Retry-After either way
+            assert headers["Retry-After"] == "1", headers
+            if isinstance(record, dict):
+                check_record(record)
+                assert record["error"]["reason"] == "overloaded"
+        else:
+            check_record(record)
+    assert any(isinstance(r, dict) for s, r, _ in answers if s == 503)  # the Ingress's own back-pressure
+    client = ServeClient(url, retries=40, max_backoff_s=0.5)
+    with ThreadPoolExecutor(12) as pool:
+        records = list(pool.map(lambda k: client.inspect(body, f"c{k}"), range(24)))
+    assert [r["verdict"] for r in records] == [cluster.expected[0].verdict] * 24  # every one got through
+    assert [r["key"] for r in records] == [f"c{k}" for k in range(24)]
 
 
 def _detector_replicas() -> set[str]:
