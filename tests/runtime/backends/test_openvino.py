@@ -274,3 +274,31 @@ def test_auto_fp32_build_of_a_two_model_engine_without_data(two_model_engine: tu
     for ra, rb in zip(ref, got):
         assert abs(ra.p_defective - rb.p_defective) <= TOL and ra.verdict == rb.verdict
         assert torch.equal(ra.labels, rb.labels) and _max_diff(ra.scores, rb.scores) <= TOL
+
+
+@needs_openvino
+@pytest.mark.parametrize("mixed", [False, True], ids=["openvino", "auto-ort-gate-ov-detector"])
+def test_host_features_cross_a_process_boundary(run_engine: Path, tmp_path: Path, mixed: bool) -> None:
+    """Pipeline.gate_to_host -> pickle -> detect_on_host gives run()'s detections, on OpenVINO
+    and on a mixed engine (the gate's backend copies the features out, the detector's takes them)."""
+    import pickle
+
+    engine = load_engine(run_engine)
+    folder = _per_graph_folder(engine, tmp_path / "mixed", {"gate": "onnxruntime", "detector": "openvino"}) \
+        if mixed else run_engine
+    pipe = Pipeline.from_engine(folder, "auto" if mixed else "openvino")
+    batch = [im[:, :200, :300].contiguous() for im in images(5, seed=3)]
+    pipe.gate_threshold = 2.0
+    p = sorted(r.p_defective for r in pipe.run(batch))
+    pipe.gate_threshold = p[2]  # three of five go to the detector
+    expected = pipe.run(batch)
+    shipped = pickle.loads(pickle.dumps(pipe.gate_to_host(batch)))
+    assert shipped.index.tolist() == [i for i, r in enumerate(expected) if r.ran_detector] and len(shipped.index) == 3
+    raw = pipe.detect_on_host(shipped.features, shipped.image_sizes)
+    for k, i in enumerate(shipped.index.tolist()):
+        boxes, scores, labels = raw.image(k)
+        r = pipe.image_result(float(shipped.p_defective[i]), True, boxes, scores, labels, shipped.scale_factors[i],
+                              shipped.original_sizes[i], len(batch))
+        torch.testing.assert_close(r.boxes, expected[i].boxes, atol=1e-4, rtol=0)
+        torch.testing.assert_close(r.scores, expected[i].scores, atol=1e-4, rtol=0)
+        assert torch.equal(r.labels, expected[i].labels)
