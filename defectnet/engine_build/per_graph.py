@@ -414,6 +414,7 @@ def choose(ranked: Mapping[str, Sequence[Candidate]], fallback: Mapping[str, Can
     err = EngineError("no combination of the candidates passes the accuracy gate"
                       + (f" within {max_evaluations} evaluations" if len(evaluations) >= max_evaluations else ""))
     err.evaluations = evaluations  # type: ignore[attr-defined]
+    err.failed = failed  # type: ignore[attr-defined]
     raise err
 
 
@@ -489,12 +490,13 @@ def _link_or_copy(src: Path, dst: Path) -> Path:
 
 
 def write_folder(folder: Path, src: Engine, chosen: Mapping[str, Candidate], options: BuildOptions,
-                 blocks: Mapping[str, Any], selection: Selection | None) -> Manifest:
-    """Install the chosen graph files into ``folder`` (``gate.onnx``, ``detector.onnx`` ...)
-    and write its manifest (without the accuracy block)."""
+                 blocks: Mapping[str, Any], selection: Selection | None, accuracy: Accuracy | None = None
+                 ) -> Manifest:
+    """Install the chosen graph files into ``folder`` (``gate.onnx``, ``detector.onnx`` ...),
+    then write its manifest (last: its presence marks a complete engine)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {g: _link_or_copy(c.file, folder / GRAPH_FILES[g]) for g, c in chosen.items()}
-    manifest = assemble_manifest(src, chosen, files, options, blocks, selection)
+    manifest = replace(assemble_manifest(src, chosen, files, options, blocks, selection), accuracy=accuracy)
     write_manifest(folder, manifest)
     return manifest
 
@@ -608,7 +610,8 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
             if not evaluations or evaluations[-1].report is None:
                 raise
             first = {g: ranked[g][0] for g in ranked}
-            sel = selection_block(candidates, times, statuses, None, set(), settings, evaluations)
+            sel = selection_block(candidates, times, statuses, None, getattr(e, "failed", set()), settings,
+                                  evaluations)
             manifest = assemble_manifest(src, first, {g: c.file for g, c in first.items()}, options, blocks, sel)
             report = evaluations[0].report
             assert report is not None
@@ -618,15 +621,13 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
                              "another --calib-method, a larger --calib-size, or loosen the tolerance knowingly"
                              ) from None
         sel = selection_block(candidates, times, statuses, choice, choice.failed, settings, choice.evaluations)
-        manifest = write_folder(out, src, choice.chosen, options, blocks, sel)
         if choice.passed is not None:
             assert choice.passed.report is not None
             accuracy = Accuracy.from_json(choice.passed.report)
         else:
             accuracy = Accuracy(None, skipped="no --data: the accuracy gate needs a test split")
             options.log("warning: no --data, so the accuracy gate was skipped (the manifest records it)")
-        manifest = replace(manifest, accuracy=accuracy)
-        write_manifest(out, manifest)
+        manifest = write_folder(out, src, choice.chosen, options, blocks, sel, accuracy)
     for g, c in choice.chosen.items():
         options.log(f"  chose {g}: {c.name}" + (f" ({median_ms(times[g], c.name):.2f} ms)" if timed else ""))
     return manifest
