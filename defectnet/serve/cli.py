@@ -122,25 +122,27 @@ def main(ctx: click.Context, host: str, port: int, num_cpus: int | None, **kw: A
     from defectnet.runtime.inspection.watch import stop_on_signals
     from defectnet.serve.local import start_local
 
-    try:
-        options = _options(kw, loopback=True)
-        replicas = ", ".join(f"{name} {scaling}" for name, scaling in options.deployments().items())
-        click.echo(f"starting Ray and Serve ({options.mode}: {replicas} replicas)...", err=True)
-        service = start_local(options, host=host, port=port, num_cpus=num_cpus)
-    except DefectNetError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
     stop = threading.Event()
-    restore = stop_on_signals(stop)
+    restore = stop_on_signals(stop)  # before Ray starts: a signal during the start-up stops it once it is up
     try:
-        click.echo(f"serving {options.engine} at {service.url}/v1/inspect (started in {service.started_s:.1f} s; "
-                   f"health {service.url}/healthz, metrics {service.url}/metrics); Ctrl-C stops it", err=True)
-        while not stop.wait(0.5):
-            pass
-        click.echo("stopping...", err=True)
+        try:
+            options = _options(kw, loopback=True)
+            replicas = ", ".join(f"{name} {scaling}" for name, scaling in options.deployments().items())
+            click.echo(f"starting Ray and Serve ({options.mode}: {replicas} replicas)...", err=True)
+            service = start_local(options, host=host, port=port, num_cpus=num_cpus)
+        except DefectNetError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        try:
+            click.echo(f"serving {options.engine} at {service.url}/v1/inspect (started in {service.started_s:.1f} "
+                       f"s; health {service.url}/healthz, metrics {service.url}/metrics); Ctrl-C stops it", err=True)
+            while not stop.wait(0.5):
+                pass
+            click.echo("stopping...", err=True)
+        finally:
+            service.shutdown()
     finally:
         restore()
-        service.shutdown()
     click.echo("stopped", err=True)
 
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -107,10 +109,23 @@ class LocalService:
             ray.shutdown()
 
 
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    """The Python handlers of SIGINT and SIGTERM (main thread only: elsewhere none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    out = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            out[sig] = handler
+    return out
+
+
 def start_local(options: ServeOptions, *, host: str = LOOPBACK, port: int = 8000, num_cpus: int | None = None,
                 app_name: str = APP_NAME) -> LocalService:
     """Start a loopback Ray cluster in this process, Serve's HTTP proxy on ``host:port`` and
-    the application of ``options``; returns once every replica is up.
+    the application of ``options``; returns once every replica is up. The caller's SIGINT and
+    SIGTERM handlers stay in place (``ray.init`` would replace SIGTERM's).
 
     num_cpus: Ray CPUs of the node (default: this machine's cores); the replicas' reserved
     CPUs must fit (:meth:`ServeOptions.cpus_needed`), else :class:`ConfigError`.
@@ -135,8 +150,11 @@ def start_local(options: ServeOptions, *, host: str = LOOPBACK, port: int = 8000
 
     if ray.is_initialized():
         raise ConfigError("Ray is already running in this process; start the service from a fresh process")
+    handlers = _signal_handlers()
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False,
              configure_logging=False)
+    for sig, handler in handlers.items():  # ray.init replaces the caller's SIGTERM handler: put it back
+        signal.signal(sig, handler)
     try:
         serve.start(proxy_location="HeadOnly", http_options={
             "host": host, "port": port, "request_timeout_s": options.request_timeout_s + 10.0})

@@ -59,6 +59,8 @@ def test_runs_in_the_foreground_until_sigterm(serve_engine: Path, tmp_path: Path
             record = json.loads(r.read())
         check_record(record)
         assert record["key"] == "one" and record["verdict"] in ("OK", "NG")
+        while "serving" not in Path(log.name).read_text() and time.time() < deadline:
+            time.sleep(0.2)  # the proxy can answer before the command has finished starting
         started = descendants(proc.pid)
         assert len(started) >= 5
         proc.send_signal(signal.SIGTERM)
