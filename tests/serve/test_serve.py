@@ -139,6 +139,13 @@ def test_every_component_on_loopback(cluster: Cluster) -> None:
     assert all(address in (LOOPBACK, f"::ffff:{LOOPBACK}") for _, address, _ in sockets), sockets
     proxy = [address for _, address, port in sockets if port == cluster.service.port]
     assert proxy == [LOOPBACK]  # the Serve HTTP proxy
+    # no dashboard: with include_dashboard=False Ray runs its API server without the web frontend and
+    # with the usage-statistics module only (idle: usage statistics are off); no usage statistics
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in processes]
+    heads = [c for c in commands if any(part.endswith(b"dashboard/dashboard.py") for part in c)]
+    assert all(b"--disable-frontend" in c and b"--modules-to-load=UsageStatsHead" in c for c in heads), heads
+    gcs = next(pid for pid in processes if Path(f"/proc/{pid}/comm").read_text().strip() == "gcs_server")
+    assert b"RAY_USAGE_STATS_ENABLED=0" in Path(f"/proc/{gcs}/environ").read_bytes().split(b"\0")
 
 
 def test_same_boxes_as_the_pipeline_over_http(cluster: Cluster) -> None:
