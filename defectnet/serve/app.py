@@ -234,7 +234,8 @@ class Detector(_ModelReplica):
                 replies[i] = self._expired()
             else:
                 live.append(i)
-        for group in _groups([tuple(fetched[i].features["c2"].shape[1:]) for i in live]):
+        shapes = [tuple(v.shape[1:] for v in fetched[i].features.values()) for i in live]  # any backend's levels
+        for group in _groups(shapes):
             index = [live[g] for g in group]
             for i, reply in zip(index, self._each([fetched[i] for i in index], self._detect)):
                 replies[i] = reply
