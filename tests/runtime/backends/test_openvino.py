@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,12 +35,17 @@ def _batch(engine: Engine, n: int = 3, seed: int = 0) -> tuple[torch.Tensor, tor
     return batch.images, torch.tensor(batch.image_sizes, dtype=torch.int64)
 
 
-def _pair(engine: Engine) -> tuple[OnnxRuntimeBackend, object]:
+@pytest.fixture(scope="module")
+def pair(run_engine: Path) -> tuple[Engine, OnnxRuntimeBackend, Any]:
+    """The tiny engine loaded once on ONNX Runtime and on OpenVINO (2 threads each)."""
+    if not openvino_available():
+        pytest.skip("openvino is not installed")
+    engine = load_engine(run_engine)
     options = BackendOptions(threads=2)
     ort, ov = make_backend(engine, "onnxruntime", options), make_backend(engine, "openvino", options)
     ort.load()
     ov.load()
-    return ort, ov  # type: ignore[return-value]
+    return engine, ort, ov  # type: ignore[return-value]
 
 
 def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -58,9 +64,8 @@ def _same_detections(a: object, b: object, tol: float = TOL) -> None:
 
 
 @needs_openvino
-def test_fp32_parity_with_onnxruntime(run_engine: Path) -> None:
-    engine = load_engine(run_engine)
-    ort, ov = _pair(engine)
+def test_fp32_parity_with_onnxruntime(pair: tuple[Engine, OnnxRuntimeBackend, Any]) -> None:
+    engine, ort, ov = pair
     x, s = _batch(engine)
     p_ort, f_ort = ort.run_gate(x, s)
     p_ov, f_ov = ov.run_gate(x, s)  # type: ignore[attr-defined]
@@ -77,11 +82,11 @@ def test_fp32_parity_with_onnxruntime(run_engine: Path) -> None:
 
 @needs_openvino
 @pytest.mark.parametrize("index", [[0, 1, 2], [1, 2], [2], [0, 2], [2, 0]])
-def test_sub_batch_selection_matches_onnxruntime(run_engine: Path, index: list[int]) -> None:
+def test_sub_batch_selection_matches_onnxruntime(pair: tuple[Engine, OnnxRuntimeBackend, Any],
+                                                 index: list[int]) -> None:
     """Consecutive sub-batches are ROI views, others go through the Gather graph; the
     detector gives ONNX Runtime's detections either way."""
-    engine = load_engine(run_engine)
-    ort, ov = _pair(engine)
+    engine, ort, ov = pair
     x, s = _batch(engine)
     idx = torch.tensor(index)
     f_ort, f_ov = ort.run_gate(x, s)[1], ov.run_gate(x, s)[1]  # type: ignore[attr-defined]
