@@ -101,7 +101,7 @@ def threshold_for_recall(p_defective: Sequence[float] | np.ndarray, is_defective
 
 
 def gate_probabilities(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
-                       split: str = "test", backend: str = BackendName.ONNXRUNTIME, progress: bool = True
+                       split: str = "test", backend: str = BackendName.AUTO, progress: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, Any]:
     """P(defective) float64 ``[N]`` and ground truth bool ``[N]`` of every image of the split
     (batch 1), and the dataset."""
@@ -146,7 +146,7 @@ def write_operating_point(engine_dir: str | os.PathLike[str], point: OperatingPo
 
 
 def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
-                   split: str = "test", target_recall: float = 0.995, backend: str = BackendName.ONNXRUNTIME,
+                   split: str = "test", target_recall: float = 0.995, backend: str = BackendName.AUTO,
                    write: bool = True, progress: bool = True) -> OperatingPoint:
     """Compute P on the split, choose the operating point and (``write``) store it."""
     if not 0.0 < target_recall <= 1.0:
@@ -174,8 +174,8 @@ def calibrate_gate(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLi
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--target-recall", default=0.995, show_default=True, type=float,
               help="Defective-image recall the gate must keep on this split.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.ONNXRUNTIME.value, show_default=True,
-              help="onnxruntime: the engine's FP32 graphs; torch: the checkpoint it was exported from.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.AUTO.value, show_default=True,
+              help="auto (default): as the engine was built (a plain export on onnxruntime, a built folder on its backend, a per-graph folder on each graph's); onnxruntime / openvino: the engine's graphs; torch: the checkpoint it was exported from; tensorrt: the folder's TensorRT plans (NVIDIA GPU).")
 @click.option("--dry-run", is_flag=True, help="Print the operating point; do not change the manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -37,9 +37,8 @@ from defectnet.runtime.types import BackendName
 @click.option("--gate-threshold", type=float, default=None, help="Override the gate's P(defective) threshold.")
 @click.option("--engine", "engine_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Also evaluate this exported engine folder (repeatable), after the runs.")
-@click.option("--backend", default=BackendName.ONNXRUNTIME.value, show_default=True, type=click.Choice(list(BACKENDS)),
-              help="Runtime backend for --engine folders (tensorrt: plans from defectnet-build-engine "
-              "--backend tensorrt, NVIDIA GPU).")
+@click.option("--backend", default=BackendName.AUTO.value, show_default=True, type=click.Choice(list(BACKENDS)),
+              help="Runtime backend for --engine folders: " + "auto (default): as the engine was built (a plain export on onnxruntime, a built folder on its backend, a per-graph folder on each graph's); onnxruntime / openvino: the engine's graphs; torch: the checkpoint it was exported from; tensorrt: the folder's TensorRT plans (NVIDIA GPU).")
 @click.option("--scale", default=None, help="Test scale LONGxSHORT [default: each run's train scale], "
               "e.g. 1333x800 for the seed's test scale.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

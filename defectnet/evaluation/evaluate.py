@@ -312,7 +312,7 @@ def evaluate_runs(run_dirs: Sequence[str | os.PathLike[str]], data_dir: str | os
 
 
 def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
-                    backend: str = "onnxruntime", split: str = "test", warmup: int = 3,
+                    backend: str = "auto", split: str = "test", warmup: int = 3,
                     att_one_ms: float | None = None, gate_threshold: float | None = None,
                     progress: bool = True, scale: tuple[int, int] | None = None, threads: int = 0) -> EvalResult:
     """Evaluate an exported engine folder through :class:`defectnet.runtime.Pipeline` on
@@ -335,9 +335,10 @@ def evaluate_engine(engine_dir: str | os.PathLike[str], data_dir: str | os.PathL
 
     variant = engine.manifest.variant
     name = Variant(variant).table_name if variant in set(Variant) else engine.kind
-    result = evaluate(pipeline, dataset, name=f"{name} [{backend}]", warmup=warmup, att_one_ms=att_one_ms,
+    runs_on = pipeline.backend.label  # what --backend auto resolved to
+    result = evaluate(pipeline, dataset, name=f"{name} [{runs_on}]", warmup=warmup, att_one_ms=att_one_ms,
                       gate_threshold=gate_threshold, has_gate=engine.kind != EngineKind.ONE_MODEL, progress=progress,
-                      remark=f"engine {Path(engine_dir).name}, {backend}")
+                      remark=f"engine {Path(engine_dir).name}, {runs_on}")
     result.run_dir = str(Path(engine_dir))
     result.split = split
     return result

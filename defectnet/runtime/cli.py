@@ -56,9 +56,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--overwrite", is_flag=True, help="Start --out over instead of resuming it.")
 @click.option("--save-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write annotated JPEGs (boxes, labels, verdict) into this folder.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.ONNXRUNTIME.value, show_default=True,
-              help="onnxruntime: the engine's graphs; torch: the checkpoint the engine was exported from; "
-              "tensorrt: the folder's TensorRT plans (defectnet-build-engine --backend tensorrt; NVIDIA GPU).")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.AUTO.value, show_default=True,
+              help="auto (default): as the engine was built (a plain export on onnxruntime, a built folder on its backend, a per-graph folder on each graph's); onnxruntime / openvino: the engine's graphs; torch: the checkpoint it was exported from; tensorrt: the folder's TensorRT plans (NVIDIA GPU).")
 @click.option("--providers", default="cpu", show_default=True,
               help="onnxruntime providers: cpu, auto (TensorRT/CUDA when present) or a comma-separated list.")
 @click.option("--device", default="cpu", show_default=True, help="torch backend device (cpu, cuda[:N]).")

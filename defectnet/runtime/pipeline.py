@@ -182,7 +182,7 @@ class Pipeline:
         self.backend.load()
 
     @classmethod
-    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.ONNXRUNTIME, *,
+    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.AUTO, *,
                     backend_options: BackendOptions | None = None, gate_threshold: float | None = None
                     ) -> Pipeline:
         """A pipeline over an engine folder (validated) with the named backend, built by

@@ -54,8 +54,8 @@ def _app_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--engine", "engine_dir", type=click.Path(file_okay=False), default=None,
                      help="Engine folder written by defectnet-export (every node must be able to read it)."),
-        click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.ONNXRUNTIME.value,
-                     show_default=True, help="Backend of the model replicas."),
+        click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.AUTO.value,
+                     show_default=True, help="Backend of the model replicas (auto: as the engine was built)."),
         click.option("--providers", default="cpu", show_default=True, help="onnxruntime providers (cpu, auto, names)."),
         click.option("--device", default="cpu", show_default=True, help="torch/tensorrt device (cpu, cuda[:N])."),
         click.option("--threads", default=1, show_default=True, type=int,

@@ -104,7 +104,7 @@ class ServeOptions:
     """
 
     engine: str
-    backend: str = BackendName.ONNXRUNTIME.value
+    backend: str = BackendName.AUTO.value
     providers: str = "cpu"
     device: str = "cpu"
     threads: int = 1

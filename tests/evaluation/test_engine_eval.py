@@ -77,7 +77,7 @@ def test_eval_json_is_recomputable(engine_case: tuple[Path, Path, Any, Any], tmp
     assert "gate ROC AUC" in result.output
     doc = json.loads(out.read_text())
     assert doc["command"].startswith("defectnet-eval --data ") and "--threads 1" in doc["command"]
-    assert f"--engine {engine}" in doc["command"] and "--backend onnxruntime" in doc["command"]
+    assert f"--engine {engine}" in doc["command"] and "--backend auto" in doc["command"]  # the default: as built
     assert doc["threads"]["requested"] == 1 and doc["threads"]["torch"] == 1
     assert doc["machine"]["cpu"] and doc["libraries"]["onnxruntime"]
     (row,) = doc["results"]

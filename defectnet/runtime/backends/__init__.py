@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 BACKENDS: tuple[str, ...] = tuple(b.value for b in BackendName)
 
 
-def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str = BackendName.ONNXRUNTIME,
+def make_backend(source: Engine | DefectNet | TwoModel, name: BackendName | str = BackendName.AUTO,
                  options: BackendOptions | None = None) -> Backend:
     """The one backend factory (not loaded yet: :meth:`Backend.load` or the Pipeline does that).
 

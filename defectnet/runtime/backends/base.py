@@ -57,6 +57,11 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
 
+    @property
+    def label(self) -> str:
+        """What runs the graphs, for tables and logs (a per-graph backend names each graph's)."""
+        return str(self.name)
+
     def load(self) -> None:  # noqa: B027 - optional hook
         """Prepare sessions/devices; called once before the first run (idempotent)."""
 

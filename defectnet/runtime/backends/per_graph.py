@@ -52,6 +52,10 @@ class PerGraphBackend(Backend):
         """graph name -> backend name."""
         return {g: str(b.name) for g, b in self.backends.items()}
 
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{g} {b}" for g, b in self.describe().items())
+
     def load(self) -> None:
         for backend in {id(b): b for b in self.backends.values()}.values():
             backend.load()

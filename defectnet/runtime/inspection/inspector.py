@@ -166,7 +166,7 @@ class Inspector:
             t.start()
 
     @classmethod
-    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.ONNXRUNTIME, *,
+    def from_engine(cls, engine: Engine | str | os.PathLike[str], backend: BackendName | str = BackendName.AUTO, *,
                     backend_options: BackendOptions | None = None, gate_threshold: float | None = None,
                     **options: Any) -> Inspector:
         """An inspector over an engine folder (validated by :func:`load_engine`): the
