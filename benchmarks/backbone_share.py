@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -40,7 +42,9 @@ def main(run_dir: Path, data_dir: Path, out: Path | None, repeats: int) -> None:
                    f"GFLOPs {cost.ms_full:.0f} ms; share {cost.share_flops:.2f} (FLOPs), "
                    f"{cost.share_time:.2f} (time)")
     if out:
-        atomic_write_json(out, {"run": str(run_dir), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        command = shlex.join(["python", "benchmarks/backbone_share.py", *sys.argv[1:]])
+        atomic_write_json(out, {"command": command, "run": str(run_dir), "torch": torch.__version__,
+                                "threads": torch.get_num_threads(),
                                 "machine": platform.processor() or platform.machine(), "rows": rows})
         click.echo(json.dumps({"wrote": str(out)}))
 
