@@ -200,6 +200,12 @@ def _detections(raw: RawCase, images: ImageSet) -> list[list[list[float]]]:
     return group_detections(results, ids)
 
 
+def _scale(pipeline: Any) -> list[int] | None:
+    """The (long, short) scale the pipeline's preprocessor resizes to (None when unknown)."""
+    scale = getattr(getattr(pipeline, "preprocessor", None), "scale", None)
+    return [int(x) for x in scale] if isinstance(scale, (tuple, list)) else None
+
+
 def _model_row(name: str, gate_off: bool) -> str:
     return name[:-len(GATE_OFF_SUFFIX)] if gate_off and name.endswith(GATE_OFF_SUFFIX) else name
 
@@ -255,7 +261,7 @@ def summarise_case(raw: RawCase, images: ImageSet, *, att_one_ms: float | None, 
         gate_roc_auc=ranking.roc_auc if ranking else None,
         gate_average_precision=ranking.average_precision if ranking else None,
         effective_gate_threshold=float(lc.pipeline.gate_threshold) if lc.has_gate else None,
-        threads=thread_counts(lc.stages))
+        scale=_scale(lc.pipeline), threads=thread_counts(lc.stages))
     e2e_rep = [statistics.fmean(rep) * 1e3 for rep in raw.e2e_s]
     model_med = [t * 1e3 for t in _per_image_median(raw.model_s)]
     stages = {s: statistics.median(rep.get(s, 0.0) for rep in raw.stage_ms) for s in STAGES}

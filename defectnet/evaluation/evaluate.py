@@ -47,7 +47,8 @@ class EvalResult:
     gate_average_precision: of P(defective) against the ground truth, from the per-image
     records (:mod:`defectnet.evaluation.ranking`; None without a gate).
     effective_gate_threshold: the P(defective) threshold the gate ran at (``gate_threshold``
-    is the override given; None there = the model's own). threads: the thread counts the
+    is the override given; None there = the model's own). scale: the test scale (long, short
+    side) the images were resized to. threads: the thread counts the
     timing ran with (:func:`~defectnet.evaluation.timing.thread_counts`). per_image: the
     records every number above is computed from (:mod:`defectnet.evaluation.records`;
     ``detections`` is moved to the sidecar file named by ``detections_file`` when the result
@@ -92,6 +93,7 @@ class EvalResult:
     gate_roc_auc: float | None = None
     gate_average_precision: float | None = None
     effective_gate_threshold: float | None = None
+    scale: list[int] | None = None
     threads: dict[str, Any] = field(default_factory=dict)
     per_image: dict[str, list[Any]] = field(default_factory=dict)
     detections_file: str | None = None
@@ -231,6 +233,7 @@ def evaluate(model: InferenceModel, dataset: Any, *, name: str = "model", device
         gate_roc_auc=ranking.roc_auc if ranking else None,
         gate_average_precision=ranking.average_precision if ranking else None,
         threads=thread_counts(getattr(model, "backend", None)), per_image=per_image,
+        scale=[int(x) for x in dataset.scale] if hasattr(dataset, "scale") else None,
         effective_gate_threshold=_threshold_of(model, gate_threshold) if has_gate else None)
 
 

@@ -53,8 +53,9 @@ def test_quick_bench_outputs(quick_run: tuple[Path, str]) -> None:
         assert case["e2e_ms"] > m["att_ms"] > 0 and case["throughput_b1"] > 0 and case["throughput_batch"] > 0
         assert case["stages_ms"]["gate"] > 0 and case["stages_ms"]["decode"] > 0
         assert len(case["curve"]) == 21 and len(case["per_image"]["model_ms"]) == 6
-        # the thread counts it really ran with: torch's and the backend's own
+        # the thread counts it really ran with: torch's and the backend's own; the test scale
         assert case["threads"]["torch"] == 1 and case["threads"]["backend_threads"] == 1
+        assert m["scale"] == [192, 96] and m["warmup"] == 1
     cases = _cases(data)
     assert cases["one-model | torch fp32"]["speedup_att"] == pytest.approx(1.0)
     assert cases["one-model | torch fp32"]["metrics"]["gate_recall"] is None

@@ -83,6 +83,7 @@ def test_eval_json_is_recomputable(engine_case: tuple[Path, Path, Any, Any], tmp
     (row,) = doc["results"]
     assert row["threads"] == {"torch": 1, "torch_interop": torch.get_num_interop_threads(),
                               "backend": "onnxruntime", "backend_threads": 1}
+    assert row["scale"] == list(SCALE) and row["warmup"] == 1
     assert "detections" not in row["per_image"] and len(row["per_image"]["p_defective"]) == row["num_images"]
     sidecar, _, key = row["detections_file"].partition("#")
     entry = read_detections(out.parent / sidecar)[key]
