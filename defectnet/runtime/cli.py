@@ -87,7 +87,7 @@ def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None
     A file named here is an input whatever its suffix; a folder is searched recursively for
     entries named like images. Exit status 0: every input has its record (error records
     included); 1: set-up failed; 130: interrupted (run again to resume)."""
-    from defectnet.runtime.inspection.batch import collect_inputs, run_inference
+    from defectnet.runtime.inspection.batch import run_inference
     from defectnet.runtime.pipeline import Pipeline
 
     if server_url is not None:
@@ -108,16 +108,28 @@ def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None
             raise click.UsageError("give IMAGES_OR_FOLDERS... or --watch DIR")
         pipeline = Pipeline.from_engine(engine_dir, backend, backend_options=backend_options,
                                         gate_threshold=gate_threshold)
-        keys = collect_inputs(inputs)
-        if not keys:
-            raise click.UsageError(f"no inputs: no entry named like an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                                   f"in {', '.join(inputs)}")
-        summary = run_inference(pipeline, keys, out_file, batch=batch, save_images=save_images,
+        summary = run_inference(pipeline, _inputs(inputs), out_file, batch=batch, save_images=save_images,
                                 progress=not no_progress, overwrite=overwrite, metrics_port=metrics_port,
                                 metrics_host=metrics_host, echo=click.echo)
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    _report(summary, out_file)
+
+
+def _inputs(inputs: tuple[str, ...]) -> list[str]:
+    """The record keys of the inputs (batch.collect_inputs); a usage error when there are none."""
+    from defectnet.runtime.inspection.batch import collect_inputs
+
+    keys = collect_inputs(inputs)
+    if not keys:
+        raise click.UsageError(f"no inputs: no entry named like an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                               f"in {', '.join(inputs)}")
+    return keys
+
+
+def _report(summary: Any, out_file: Path) -> None:
+    """Print a batch or client run's summary; exit 130 when it was interrupted."""
     click.echo(summary.text())
     click.echo(f"{out_file}: {summary.records} records written now, {summary.skipped} before")
     if summary.unfinished:
@@ -129,7 +141,6 @@ def _server(url: str, inputs: tuple[str, ...], engine_dir: str | None, watch_dir
             no_progress: bool) -> None:
     """``--server URL``: :func:`defectnet.serve.client.run_client` (the same inputs, records and
     resume as batch mode; the service runs the engine)."""
-    from defectnet.runtime.inspection.batch import collect_inputs
     from defectnet.serve.client import run_client
 
     for given, flag in ((engine_dir, "--engine"), (watch_dir, "--watch"), (save_images, "--save-images")):
@@ -137,20 +148,14 @@ def _server(url: str, inputs: tuple[str, ...], engine_dir: str | None, watch_dir
             raise click.UsageError(f"{flag} does not apply with --server (the service runs its own engine)")
     if not inputs:
         raise click.UsageError("give IMAGES_OR_FOLDERS... to send to --server")
-    keys = collect_inputs(inputs)
-    if not keys:
-        raise click.UsageError(f"no inputs: no entry named like an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                               f"in {', '.join(inputs)}")
+    keys = _inputs(inputs)
     try:
         summary = run_client(url, keys, out_file, concurrency=concurrency, overwrite=overwrite,
                              deadline_ms=deadline_ms, progress=not no_progress, echo=click.echo)
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo(summary.text())
-    click.echo(f"{out_file}: {summary.records} records written now, {summary.skipped} before")
-    if summary.unfinished:
-        sys.exit(EXIT_INTERRUPTED)
+    _report(summary, out_file)
 
 
 def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Path, backend: str,
