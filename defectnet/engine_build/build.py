@@ -18,12 +18,13 @@ the folder without ``manifest.json`` (``manifest.rejected.json`` keeps the numbe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -303,11 +304,29 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def staged_build(source: str | os.PathLike[str], out: str | os.PathLike[str], options: BuildOptions
+                 ) -> Iterator[tuple[Engine, Path, Path, dict[str, Path]]]:
+    """What every build starts with: the exported float32 folder loaded and checked, ``out``
+    prepared, and a temporary folder inside it holding the float32 graphs optimised at
+    onnxruntime's basic level. Yields (source engine, out, temporary folder, graph -> path)."""
+    from defectnet.calibration.prepare import optimize_basic
+
+    src = load_engine(source)
+    check_source(src, Path(out), options)
+    out_dir = prepare_out(Path(out))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp_name:
+        tmp = Path(tmp_name)
+        options.log(f"optimising the float32 graphs of {src.root} (onnxruntime basic level) ...")
+        prepared = {g: optimize_basic(p, tmp / f"{g}.fp32.onnx") for g, p in src.graphs.items()}
+        yield src, out_dir, tmp, prepared
+
+
 def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], options: BuildOptions
                  ) -> Manifest:
     """Build ``out`` from the exported float32 folder ``source`` (module docstring); returns
     the manifest. Raises EngineError when the accuracy gate fails."""
-    from defectnet.calibration.prepare import GRAPH_OPTIMIZATION, optimize_basic
+    from defectnet.calibration.prepare import GRAPH_OPTIMIZATION
     from defectnet.export.exporter import library_versions
     from defectnet.export.trt_ops import check_graphs
     from defectnet.io import sha256_file as file_sha
@@ -323,13 +342,7 @@ def build_engine(source: str | os.PathLike[str], out: str | os.PathLike[str], op
 
         import_tensorrt()
         require_cuda()
-    src = load_engine(source)
-    check_source(src, Path(out), options)
-    out = prepare_out(Path(out))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp_name:
-        tmp = Path(tmp_name)
-        options.log(f"optimising the float32 graphs of {src.root} (onnxruntime basic level) ...")
-        prepared = {g: optimize_basic(p, tmp / f"{g}.fp32.onnx") for g, p in src.graphs.items()}
+    with staged_build(source, out, options) as (src, out, tmp, prepared):
         block: dict[str, Any] = {}
         extra_files: dict[str, Path] = {}
         if options.precision == Precision.INT8:

@@ -51,7 +51,6 @@ from defectnet.runtime.engine import (
     GATE,
     GRAPH_FILES,
     Engine,
-    load_engine,
     sha256_file,
 )
 from defectnet.runtime.manifest import (
@@ -528,21 +527,13 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
     """Build ``out`` from the exported float32 folder ``source`` with per-graph candidates
     (module docstring); returns the manifest. EngineError when nothing passes the gate."""
     import platform
-    import tempfile
 
-    from defectnet.calibration.prepare import optimize_basic
     from defectnet.engine_build.accuracy import compare, gate_error, reference_result
-    from defectnet.engine_build.build import REJECTED_MANIFEST, check_source, prepare_out
+    from defectnet.engine_build.build import REJECTED_MANIFEST, staged_build
     from defectnet.evaluation.evaluate import evaluate_engine
 
     options.validate()
-    src = load_engine(source)
-    check_source(src, Path(out), options)
-    out = prepare_out(Path(out))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp_name:
-        tmp = Path(tmp_name)
-        options.log(f"optimising the float32 graphs of {src.root} (onnxruntime basic level) ...")
-        prepared = {g: optimize_basic(p, tmp / f"{g}.fp32.onnx") for g, p in src.graphs.items()}
+    with staged_build(source, out, options) as (src, out, tmp, prepared):
         candidates, blocks = make_candidates(src, prepared, options, tmp)
         precisions = requested_precisions(options)
         open_choice = options.precision is None
