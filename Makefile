@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/defectnet-demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check defectnet tests
+	$(BIN)/ruff check defectnet tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy defectnet

@@ -49,8 +49,8 @@ def make_tiny_engine(out: Path, scale: tuple[int, int]) -> Path:
     """Export a random-weight ResNet-18 DefectNet (32-channel FPN, 300 proposals, livelier
     gate) to ``out``: the size class of the runtime tests' engine."""
     from defectnet.export import export_engine
-    from defectnet.model_source import ModelSource
     from defectnet.model import ModelConfig, build_model
+    from defectnet.model_source import ModelSource
 
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=2, backbone="resnet18", fpn_channels=32, representation_size=64,
