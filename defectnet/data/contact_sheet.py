@@ -30,13 +30,25 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 @dataclass(frozen=True)
 class SheetImage:
-    """One image to draw: boxes are COCO ``(x, y, w, h)`` with their class names."""
+    """One image to draw: boxes are COCO ``(x, y, w, h)`` with their class names. caption:
+    the text under the image (None: the file name and "normal" or its box count); good: the
+    caption's colour, green for True, red for False, white for None (None with the default
+    caption: green for an image without boxes)."""
 
     path: Path
     file_name: str
     width: int
     height: int
     boxes: tuple[tuple[tuple[float, float, float, float], int, str], ...]
+    caption: str | None = None
+    good: bool | None = None
+    draw_image: bool = True
+
+    def caption_and_colour(self) -> tuple[str, tuple[int, int, int]]:
+        good = (not self.boxes) if self.caption is None and self.good is None else self.good
+        text = self.caption if self.caption is not None else (
+            f"{self.file_name}  " + (f"{len(self.boxes)} defect(s)" if self.boxes else "normal"))
+        return text, {True: (120, 220, 120), False: (255, 110, 110), None: (230, 230, 230)}[good]
 
 
 def load_split(root: str | Path, split: str = "test") -> list[SheetImage]:
@@ -70,8 +82,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def render_sheet(items: list[SheetImage], *, cols: int = 4, cell_width: int = 320) -> Image.Image:
-    """Draw the grid (see the module docstring for its size). Normal images are captioned
-    "normal", defective ones with their box count; each box carries its class name."""
+    """Draw the grid (see the module docstring for its size). Each image is captioned with its
+    :meth:`SheetImage.caption_and_colour`; each box carries its class name."""
     if not items:
         raise DataError("no images to draw: the split is empty")
     if cols < 1 or cell_width < 32:
@@ -82,23 +94,31 @@ def render_sheet(items: list[SheetImage], *, cols: int = 4, cell_width: int = 32
     draw = ImageDraw.Draw(sheet)
     font = _font(11)
     for k, it in enumerate(items):
-        if not it.path.is_file():
-            raise DataError(f"image {it.path} listed in the annotations is missing; regenerate the data set")
         ox, oy = (k % cols) * cell_width, (k // cols) * (cell_h + CAPTION_HEIGHT)
-        with Image.open(it.path) as im:
-            f = min(cell_width / im.width, cell_h / im.height)
-            tw, th = max(1, round(im.width * f)), max(1, round(im.height * f))
-            sheet.paste(im.convert("RGB").resize((tw, th), Image.Resampling.BILINEAR), (ox, oy))
+        f = min(cell_width / it.width, cell_h / it.height)
+        if it.draw_image:
+            if not it.path.is_file():
+                raise DataError(f"image {it.path} listed in the annotations is missing; regenerate the data set")
+            with Image.open(it.path) as im:
+                f = min(cell_width / im.width, cell_h / im.height)
+                tw, th = max(1, round(im.width * f)), max(1, round(im.height * f))
+                sheet.paste(im.convert("RGB").resize((tw, th), Image.Resampling.BILINEAR), (ox, oy))
         for (x, y, w, h), cid, name in it.boxes:
             color = PALETTE[(cid - 1) % len(PALETTE)]
             x0, y0 = ox + x * f, oy + y * f
             draw.rectangle([x0, y0, x0 + max(w * f, 1), y0 + max(h * f, 1)], outline=color, width=1)
             ty = y0 - 11 if y0 - 11 >= oy else y0 + h * f + 1
             draw.text((x0, ty), name, fill=color, font=font)
-        caption = f"{it.file_name}  " + (f"{len(it.boxes)} defect(s)" if it.boxes else "normal")
-        draw.text((ox + 3, oy + cell_h + 2), caption, fill=(230, 230, 230) if it.boxes else (120, 220, 120),
-                  font=font)
+        caption, colour = it.caption_and_colour()
+        draw.text((ox + 3, oy + cell_h + 2), caption, fill=colour, font=font)
     return sheet
+
+
+def write_sheet(items: list[SheetImage], out: str | Path, *, cols: int = 4, cell_width: int = 320) -> Path:
+    """:func:`render_sheet` written atomically as the PNG ``out``."""
+    buf = io.BytesIO()
+    render_sheet(items, cols=cols, cell_width=cell_width).save(buf, format="PNG")
+    return atomic_write_bytes(out, buf.getvalue())
 
 
 def write_contact_sheet(root: str | Path, out: str | Path, *, split: str = "test", n: int = 16,
@@ -106,7 +126,4 @@ def write_contact_sheet(root: str | Path, out: str | Path, *, split: str = "test
     """Draw the first ``n`` images (by id) of ``root``'s split into the PNG ``out``."""
     if n < 1:
         raise ConfigError(f"n must be at least 1 image, got {n}")
-    sheet = render_sheet(load_split(root, split)[:n], cols=cols, cell_width=cell_width)
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    return atomic_write_bytes(out, buf.getvalue())
+    return write_sheet(load_split(root, split)[:n], out, cols=cols, cell_width=cell_width)

@@ -56,6 +56,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--overwrite", is_flag=True, help="Start --out over instead of resuming it.")
 @click.option("--save-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write annotated JPEGs (boxes, labels, verdict) into this folder.")
+@click.option("--contact-sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Then draw up to 16 of --out's records (NG and OK alternating, with their boxes) into this PNG.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default=BackendName.AUTO.value, show_default=True,
               help="auto (default): as the engine was built (a plain export on onnxruntime, a built folder on its backend, a per-graph folder on each graph's); onnxruntime / openvino: the engine's graphs; torch: the checkpoint it was exported from; tensorrt: the folder's TensorRT plans (NVIDIA GPU).")
 @click.option("--providers", default="cpu", show_default=True,
@@ -78,7 +80,7 @@ EXIT_INTERRUPTED = 130
               help="--watch: seconds a file's size and mtime must stay unchanged before it is read.")
 def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None, concurrency: int,
          deadline_ms: float | None, out_file: Path, overwrite: bool, save_images: Path | None,
-         backend: str, providers: str, device: str, batch: int, gate_threshold: float | None, no_progress: bool,
+         contact_sheet: Path | None, backend: str, providers: str, device: str, batch: int, gate_threshold: float | None, no_progress: bool,
          metrics_port: int | None, metrics_host: str, watch_dir: Path | None, state_file: Path | None, once: bool,
          poll_interval: float, stable_for: float) -> None:
     """Run the engine on IMAGES_OR_FOLDERS... and write one JSON line per input to --out
@@ -92,7 +94,7 @@ def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None
 
     if server_url is not None:
         _server(server_url, inputs, engine_dir, watch_dir, save_images, out_file, overwrite, concurrency, deadline_ms,
-                no_progress)
+                no_progress, contact_sheet)
         return
     try:
         if engine_dir is None:
@@ -101,6 +103,9 @@ def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None
             raise click.BadParameter("--batch must be >= 1", param_hint="--batch")
         backend_options = BackendOptions(device=device, providers=providers)  # a ConfigError says what is wrong
         if watch_dir is not None:
+            if contact_sheet is not None:
+                raise click.UsageError("--contact-sheet is for batch and --server runs; for --watch, run "
+                                       "defectnet-infer on the folder afterwards")
             _watch(watch_dir, inputs, engine_dir, out_file, backend, backend_options, batch, gate_threshold,
                    state_file, once, poll_interval, stable_for, save_images, overwrite, metrics_port, metrics_host)
             return
@@ -114,7 +119,7 @@ def main(inputs: tuple[str, ...], engine_dir: str | None, server_url: str | None
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    _report(summary, out_file)
+    _report(summary, out_file, contact_sheet)
 
 
 def _inputs(inputs: tuple[str, ...]) -> list[str]:
@@ -128,17 +133,26 @@ def _inputs(inputs: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _report(summary: Any, out_file: Path) -> None:
-    """Print a batch or client run's summary; exit 130 when it was interrupted."""
+def _report(summary: Any, out_file: Path, contact_sheet: Path | None) -> None:
+    """Print a batch or client run's summary and draw the contact sheet; exit 130 when it was
+    interrupted (with no sheet), 1 when the sheet cannot be drawn."""
+    from defectnet.runtime.inspection.sheet import write_results_sheet
+
     click.echo(summary.text())
     click.echo(f"{out_file}: {summary.records} records written now, {summary.skipped} before")
+    if contact_sheet is not None and not summary.unfinished:
+        try:
+            click.echo(f"contact sheet: {write_results_sheet(out_file, contact_sheet)}")
+        except DefectNetError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
     if summary.unfinished:
         sys.exit(EXIT_INTERRUPTED)
 
 
 def _server(url: str, inputs: tuple[str, ...], engine_dir: str | None, watch_dir: Path | None,
             save_images: Path | None, out_file: Path, overwrite: bool, concurrency: int, deadline_ms: float | None,
-            no_progress: bool) -> None:
+            no_progress: bool, contact_sheet: Path | None) -> None:
     """``--server URL``: :func:`defectnet.serve.client.run_client` (the same inputs, records and
     resume as batch mode; the service runs the engine)."""
     from defectnet.serve.client import run_client
@@ -155,7 +169,7 @@ def _server(url: str, inputs: tuple[str, ...], engine_dir: str | None, watch_dir
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    _report(summary, out_file)
+    _report(summary, out_file, contact_sheet)
 
 
 def _watch(folder: Path, inputs: tuple[str, ...], engine_dir: str, out_file: Path, backend: str,

@@ -107,3 +107,23 @@ def test_exit_status_is_non_zero_only_for_set_up_failures(run_engine: Path, tmp_
     (record,) = read_records(out)
     assert record["key"] == str(tmp_path / "notes.txt") and record["error"]["reason"] == "unsupported_format"
     assert "inputs 1: 0 processed (0 OK, 0 NG), 1 errors (unsupported_format 1)" in result.output
+
+
+def test_contact_sheet_draws_the_records(run_engine: Path, tmp_path: Path) -> None:
+    from defectnet.data.contact_sheet import CAPTION_HEIGHT
+
+    ratio = 0.0
+    for path in _write_inputs(tmp_path):
+        with Image.open(path) as im:
+            ratio = max(ratio, im.height / im.width)
+    out, sheet = tmp_path / "results.jsonl", tmp_path / "sheet.png"
+    result = CliRunner().invoke(main, [str(tmp_path / "imgs"), str(tmp_path / "missing.png"), "--engine",
+                                       str(run_engine), "--out", str(out), "--contact-sheet", str(sheet),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"contact sheet: {sheet}" in result.output
+    with Image.open(sheet) as im:  # 3 images + 2 error cells in 4 columns of 320 px
+        assert im.size == (4 * 320, 2 * (round(320 * ratio) + CAPTION_HEIGHT))
+    watch = CliRunner().invoke(main, ["--watch", str(tmp_path / "imgs"), "--engine", str(run_engine), "--out",
+                                      str(tmp_path / "w.jsonl"), "--contact-sheet", str(sheet), "--once"])
+    assert watch.exit_code != 0 and "--contact-sheet is for batch" in watch.output
