@@ -59,6 +59,8 @@ class BenchSettings:
     instead of ``gate_threshold``, each gated case runs at the largest threshold that keeps
     this gate recall on the validation images: ``val_split`` of ``val_data`` (default: the
     measured data folder; the pair must differ from the measured ``data`` / ``split``).
+    scale: the test scale ``(long, short)`` every case resizes to (None = each model's own:
+    its training scale for PyTorch, the manifest's for engines), e.g. the seed's 1344x576.
     """
 
     data: str
@@ -81,6 +83,7 @@ class BenchSettings:
     target_recall: float | None = None
     val_split: str | None = None
     val_data: str | None = None
+    scale: tuple[int, int] | None = None
 
     def resolved(self) -> BenchSettings:
         """Defaults filled in (``--quick`` applied), values checked."""
@@ -118,6 +121,8 @@ class BenchSettings:
                                   "other images (--val-split train, or --val-data DIR)")
         elif s.val_split is not None or s.val_data is not None:
             raise ConfigError("--val-split/--val-data only apply with --target-recall R")
+        if s.scale is not None and (len(s.scale) != 2 or min(s.scale) < 32):
+            raise ConfigError(f"--scale is LONGxSHORT in pixels, each >= 32, got {s.scale}")
         if s.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: PyTorch sees no CUDA device here; use --device cpu")
         return s
@@ -139,7 +144,8 @@ class BenchSettings:
         for flag, value in (("--normal-share", self.normal_share), ("--repeat", self.repeat),
                             ("--warmup", self.warmup), ("--max-images", self.max_images), ("--threads", self.threads),
                             ("--gate-threshold", self.gate_threshold), ("--target-recall", self.target_recall),
-                            ("--val-data", self.val_data), ("--val-split", self.val_split)):
+                            ("--val-data", self.val_data), ("--val-split", self.val_split),
+                            ("--scale", None if self.scale is None else "x".join(map(str, self.scale)))):
             if value is not None:
                 args += [flag, str(value)]
         if not self.gate_off:
@@ -170,7 +176,7 @@ def run_benchmark(settings: BenchSettings, *, progress: bool = True, log: Callab
     for case in cases:
         try:
             loaded.append(load_case(case, images, device=s.device, threads=s.threads, clock=clock,
-                                    gate_threshold=s.gate_threshold))
+                                    gate_threshold=s.gate_threshold, scale=s.scale))
             log(f"loaded {case.key} in {loaded[-1].load_s:.1f} s")
         except DefectNetError as e:
             skips.append(Skip(case.row.name, case.backend, case.precision, str(e)))

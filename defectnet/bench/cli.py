@@ -57,6 +57,8 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               "measured split of the measured data).")
 @click.option("--val-data", type=_DIR, default=None,
               help="Data folder of the validation images for --target-recall [default: --data].")
+@click.option("--scale", default=None,
+              help="Test scale LONGxSHORT for every case [default: each model's own], e.g. 1344x576 for the seed's.")
 @click.option("--no-gate-off", is_flag=True,
               help="Do not measure the gate-off twin (detector on every image) of each gated case.")
 @click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
@@ -65,7 +67,7 @@ def main(engines: tuple[Path, ...], checkpoints: tuple[Path, ...], runs_dir: Pat
          out: Path | None, normal_share: float | None, repeat: int | None, warmup: int | None, batch: int,
          threads: int | None, max_images: int | None, quick: bool, backends: str, device: str, seed: int,
          gate_threshold: float | None, target_recall: float | None, val_split: str | None, val_data: Path | None,
-         no_gate_off: bool, no_plots: bool, no_progress: bool) -> None:
+         scale: str | None, no_gate_off: bool, no_plots: bool, no_progress: bool) -> None:
     """Benchmark every model row on every backend on the same images: the seed's table (mAP,
     F1, ATT, ATT_normal, ATT_defective) per backend, speed-ups against the PyTorch one-model
     row of the same run, end-to-end time, p50/p99, throughput, gate recall, ATT_ideal, and
@@ -73,6 +75,8 @@ def main(engines: tuple[Path, ...], checkpoints: tuple[Path, ...], runs_dir: Pat
     backend, with one engine alone); --target-recall R runs the gated cases at a threshold
     validated for recall R. Writes tables.md, results.json, results.csv, detections.json and
     plots/ under --out."""
+    from defectnet.train.cli import parse_scale
+
     try:
         settings = BenchSettings(
             data=str(data), split=split, engines=tuple(map(str, engines)), checkpoints=tuple(map(str, checkpoints)),
@@ -80,7 +84,7 @@ def main(engines: tuple[Path, ...], checkpoints: tuple[Path, ...], runs_dir: Pat
             normal_share=normal_share, max_images=max_images, repeat=repeat, warmup=warmup, batch=batch,
             threads=threads, device=device, seed=seed, quick=quick, gate_threshold=gate_threshold,
             gate_off=not no_gate_off, target_recall=target_recall, val_split=val_split,
-            val_data=str(val_data) if val_data else None)
+            val_data=str(val_data) if val_data else None, scale=parse_scale(scale) if scale else None)
         out_dir = out or default_out_dir()
         result = run_benchmark(settings, progress=not no_progress, log=lambda m: click.echo(m, err=True))
         result.command = shlex.join(settings.command_line(out_dir))

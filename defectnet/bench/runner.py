@@ -181,9 +181,11 @@ def _check_classes(case: Case, names: Sequence[str], label_map: dict[int, int] |
 
 
 def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int | None = None,
-              clock: Clock = time.perf_counter, gate_threshold: float | None = None) -> LoadedCase:
+              clock: Clock = time.perf_counter, gate_threshold: float | None = None,
+              scale: tuple[int, int] | None = None) -> LoadedCase:
     """Build the pipeline of ``case`` (a :class:`~defectnet.runtime.Pipeline` over a
-    :class:`StageTimedBackend`); ``gate_threshold`` overrides the model's own for gated rows.
+    :class:`StageTimedBackend`); ``gate_threshold`` overrides the model's own for gated rows,
+    ``scale`` the test scale ``(long, short)`` of its preprocessing.
     Raises a DefectNetError when the case cannot run here."""
     from defectnet.runtime import Pipeline
     from defectnet.runtime.backends import BackendOptions, make_backend
@@ -196,7 +198,7 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
         if case.row.run_dir is not None:
             model, info = _run_info(case.row.run_dir)
             _info_cache[Path(case.row.run_dir).resolve()] = info
-            names, label_map, scale, divisor = list(info.class_names), dict(info.label_to_category_id), \
+            names, label_map, model_scale, divisor = list(info.class_names), dict(info.label_to_category_id), \
                 _scale_of(info), 32
         else:
             from defectnet.model_source import load_source_from_manifest
@@ -205,14 +207,14 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
             engine = load_engine(case.engine.path)
             source = load_source_from_manifest(engine.manifest, engine.root)
             model, names, label_map = source.model, list(source.class_names), None
-            scale, divisor = source.scale, source.size_divisor
+            model_scale, divisor = source.scale, source.size_divisor
         _check_classes(case, names, label_map, images)
         remark = row_remark(case)
         kind, threshold = _kind_of_model(model)
         inner: Backend = make_backend(model, TORCH, options)
         sync = device_sync(device)
         where = device
-        preprocessor = Preprocessor(scale, divisor)
+        preprocessor = Preprocessor(model_scale, divisor)
     else:
         assert case.engine is not None
         engine = load_engine(case.engine.path)
@@ -229,6 +231,8 @@ def load_case(case: Case, images: ImageSet, *, device: str = "cpu", threads: int
             remark = f"{remark}, {case.engine.path.name}"
     if gate_threshold is not None and kind != EngineKind.ONE_MODEL:
         threshold = gate_threshold
+    if scale is not None:
+        preprocessor = Preprocessor(scale, preprocessor.size_divisor)
     stages = StageTimedBackend(inner, sync, clock)
     pipeline = Pipeline(stages, kind=kind, class_names=images.class_names, gate_threshold=threshold,
                         preprocessor=preprocessor)

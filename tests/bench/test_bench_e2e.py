@@ -152,16 +152,18 @@ def test_normal_share_image_set(bench_data: Path) -> None:
     assert len(capped) == 3 and capped.num_normal == 1
 
 
-def test_gate_threshold_applies_to_every_gated_case(bench_runs: Path, bench_data: Path, tmp_path: Path) -> None:
+def test_gate_threshold_and_scale_apply_to_every_case(bench_runs: Path, bench_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "thr"
     result = CliRunner().invoke(main, ["--runs-dir", str(bench_runs), "--data", str(bench_data), "--out", str(out),
                                        "--quick", "--threads", "1", "--batch", "1", "--backends", "torch,onnxruntime",
-                                       "--gate-threshold", "1.0", "--no-plots", "--no-progress"])
+                                       "--gate-threshold", "1.0", "--scale", "224x128", "--no-plots", "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     data = json.loads((out / "results.json").read_text())
     assert data["settings"]["gate_threshold"] == 1.0 and "--gate-threshold 1.0" in data["command"]
+    assert "--scale 224x128" in data["command"]
     for case in data["cases"]:
         m = case["metrics"]
+        assert m["scale"] == [224, 128]  # the test scale every case resized to (trained at 192x96)
         if case["row"] == "one-model":  # no gate: the override does not apply
             assert m["gate_threshold"] is None and m["num_detector_runs"] == m["num_images"]
         elif case["gate_off"]:  # the twin: detector on every image whatever the threshold
@@ -174,6 +176,9 @@ def test_gate_threshold_must_be_a_probability(bench_runs: Path, bench_data: Path
     result = CliRunner().invoke(main, ["--runs-dir", str(bench_runs), "--data", str(bench_data), "--quick",
                                        "--gate-threshold", "1.5", "--no-progress"])
     assert result.exit_code == 1 and "--gate-threshold is a probability" in result.output
+    result = CliRunner().invoke(main, ["--runs-dir", str(bench_runs), "--data", str(bench_data), "--quick",
+                                       "--scale", "640x16", "--no-progress"])
+    assert result.exit_code == 1 and "--scale is LONGxSHORT" in result.output
 
 
 def test_one_engine_alone_shows_what_the_gate_buys(bench_runs: Path, bench_data: Path, tmp_path: Path) -> None:

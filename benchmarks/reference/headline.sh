@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's headline bench from a finished reference campaign (benchmarks/campaign.py):
+# the one-model and const engines at every CPU precision, measured side by side in one
+# defectnet-bench run on the held-out test set, gated cases at the threshold validated for
+# gate recall 0.95 on the campaign's validation split.
+#
+#   benchmarks/reference/headline.sh OUT RESULT_DIR
+#
+# OUT: the campaign folder (data/, holdout/, stage2-const/, stage2-one-model/).
+# RESULT_DIR: where defectnet-bench writes (e.g. benchmarks/results/bench_<date>_...).
+# A build that fails its accuracy gate is reported and left out (the bench measures what
+# was built). Wall time on the project's 2-core VM: see the bench's results.json.
+set -u
+OUT=${1:?campaign folder}
+RESULT=${2:?bench output folder}
+BIN=$(dirname "$(command -v defectnet-bench || echo .venv/bin/defectnet-bench)")
+export OMP_NUM_THREADS=2
+
+for row in one-model const; do
+  run="$OUT/stage2-$row"
+  [ -f "$run/engine/manifest.json" ] || "$BIN/defectnet-export" --checkpoint "$run" --data "$OUT/data" || exit 1
+  builds=("--int8 --backend onnxruntime" "--int8 --backend openvino" "--fp16 --backend openvino")
+  [ "$row" = const ] && builds+=("--backend auto")
+  for flags in "${builds[@]}"; do
+    # shellcheck disable=SC2086  # flags are words
+    "$BIN/defectnet-build-engine" --engine "$run/engine" --data "$OUT/data" --threads 2 $flags \
+      || echo "[headline] $row: build '$flags' failed; left out of the bench"
+  done
+done
+
+"$BIN/defectnet-bench" --engine "$OUT/stage2-one-model/engine" --engine "$OUT/stage2-const/engine" \
+  --data "$OUT/holdout" --normal-share 0.45 --max-images 300 --target-recall 0.95 \
+  --val-data "$OUT/data" --val-split test --backends torch,onnxruntime,openvino,auto \
+  --threads 2 --repeat 1 --warmup 2 --batch 1 --no-progress --out "$RESULT"
