@@ -14,7 +14,9 @@ The recipe that learns on a 2-core CPU (benchmarks/reference/README.md says why)
              pretrained Cascade R-CNN the original starts from (its ``load_from``);
 3. stage2    every detector row from it (``--init``) for the same number of epochs (equal
              training): one-model and the DefectNet variants (const, linear, inverse,
-             exponential); ``--parallel`` runs side by side, one thread each;
+             exponential; the decaying gate-loss schedules stretched over the epochs as the LR
+             steps are, ``--gate-period epochs/12``); ``--parallel`` runs side by side, one
+             thread each;
 4. twomodel  two-model_small / two-model_large: an image classifier trained for the same
              number of epochs, paired with the stage-2 one-model detector (``--detector``);
 5. eval      each gated DefectNet row exported and its gate threshold for recall 0.95 chosen on
@@ -41,6 +43,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from defectnet.train.schedules import REFERENCE_EPOCHS
 
 BIN = Path(sys.executable).parent
 STAGES = ("data", "stage1", "stage2", "twomodel", "eval", "pack")
@@ -147,6 +151,14 @@ class Campaign:
             cmd.append("--resume")
         return cmd
 
+    def _gate_period(self, row: str) -> list[str]:
+        """The decaying gate-loss schedules (linear, inverse, exponential) stretched over the run
+        as the LR steps are: the original's w(n) over 12 epochs becomes w(n * 12 / epochs), so the
+        weight falls from w0 to the same final value (linear: 1 -> 1/12 instead of below 0)."""
+        if row not in ("linear", "inverse", "exponential") or self.recipe.stage2_epochs == REFERENCE_EPOCHS:
+            return []
+        return ["--gate-period", f"{self.recipe.stage2_epochs / REFERENCE_EPOCHS:.6g}"]
+
     def step_data(self) -> None:
         r = self.recipe
         for folder, images, seed, test_share in ((self.data, r.images, r.seed, 0.2),
@@ -161,9 +173,10 @@ class Campaign:
             self.run("stage1", cmd)
 
     def step_stage2(self) -> None:
-        rows = [row for row in self.recipe.rows if row in DETECTOR_ROWS]
-        cmds = [c for row in rows
-                if (c := self._train(row, self.run_dir(row), self.recipe.stage2_epochs, "--init", str(self.stage1)))]
+        r = self.recipe
+        cmds = [c for row in r.rows if row in DETECTOR_ROWS
+                if (c := self._train(row, self.run_dir(row), r.stage2_epochs, "--init", str(self.stage1),
+                                     *self._gate_period(row)))]
         if cmds:
             self.run("stage2", *cmds)
 

@@ -566,7 +566,8 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
         for g, cands in candidates.items():
             ranked[g], statuses[g], fallback[g] = rank_graph(cands, times[g], precisions, open_choice=open_choice)
             for c in cands:
-                options.log(f"  {g:<9} {c.name:<44} {median_ms(times[g], c.name):9.2f} ms"
+                shown = f"{median_ms(times[g], c.name):9.2f} ms" if timed else "not timed"
+                options.log(f"  {g:<9} {c.name:<44} {shown}"
                             + (f"  ({statuses[g][c.name]})" if c.name in statuses[g] else ""))
             if not open_choice and ranked[g] and median_ms(times[g], ranked[g][0].name) >= median_ms(
                     times[g], fallback[g].name) and not ranked[g][0].is_fp32 and timed:

@@ -16,7 +16,7 @@ from typing import Any
 
 from defectnet.errors import ConfigError
 from defectnet.model.config import MODEL_PRESETS
-from defectnet.train.schedules import GateLossSchedule, Strategy
+from defectnet.train.schedules import REFERENCE_EPOCHS, GateLossSchedule, Strategy
 
 #: The original LR for ``REFERENCE_BATCH`` images per iteration.
 REFERENCE_LR = 0.0025
@@ -172,7 +172,9 @@ class TrainConfig:
                 raise ConfigError(
                     f"the {self.gate_schedule.strategy.value} gate-loss weight is negative from epoch "
                     f"{negative[0]} on (w = {self.gate_schedule.weight(negative[0]):.4g}); a negative "
-                    "weight would train the gate to be wrong. Lower the scale factor or the epochs")
+                    "weight would train the gate to be wrong. Stretch the schedule over the run with "
+                    f"--gate-period {self.epochs / REFERENCE_EPOCHS:.4g} (epochs / the original's {REFERENCE_EPOCHS}), or "
+                    "lower --gate-scale-factor or --epochs")
         elif self.gate_schedule is not None:
             raise ConfigError(f"variant {self.variant.value} has no gate; drop the gate-schedule options")
 

@@ -68,6 +68,10 @@ def test_train_config_schedule_rules() -> None:
     assert TrainConfig(Variant.ONE_MODEL).gate_schedule is None
     with pytest.raises(ConfigError, match="negative"):
         TrainConfig(Variant.LINEAR, epochs=14)  # 1 - 13/12 < 0
+    with pytest.raises(ConfigError, match=r"--gate-period 2\.667"):  # the fix the error names ...
+        TrainConfig(Variant.LINEAR, epochs=32)
+    stretched = GateLossSchedule(Strategy.LINEAR, 1.0, 1 / 12, 32 / 12)  # ... works: 1 -> 1 - 31/32
+    assert TrainConfig(Variant.LINEAR, epochs=32, gate_schedule=stretched).gate_schedule.weight(31) > 0
     TrainConfig(Variant.LINEAR, epochs=13)  # w(12) = 0 is allowed
     with pytest.raises(ConfigError, match="no gate"):
         TrainConfig(Variant.ONE_MODEL, gate_schedule=GateLossSchedule.original("const"))
