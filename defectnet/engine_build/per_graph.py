@@ -214,13 +214,17 @@ def make_candidates(src: Engine, prepared: Mapping[str, Path], options: BuildOpt
                               "--fp16 --backend tensorrt on an NVIDIA GPU")
         mode = current_half_mode(options)
         blocks["half_mode"] = mode.to_dict()
+        # An explicit --fp16 on a CPU with half arithmetic also gets the fp16-weights form as
+        # the fallback for a graph whose bf16/fp16 arithmetic fails the accuracy gate
+        # (:func:`choose_half`); --backend auto never picks it (it is not faster than fp32).
+        weights_fallback = not mode.compressed_weights and options.precision == Precision.FP16
         for g, path in prepared.items():
-            file = path
-            if mode.compressed_weights:
+            if mode.compressed_weights or weights_fallback:
                 file = tmp / f"{g}.fp16-weights.onnx"
                 compress_weights_fp16(path, file)
-            out[g].append(Candidate(g, BackendName.OPENVINO, mode.precision, file, mode.inference_precision,
-                                    compressed_weights=mode.compressed_weights))
+                out[g].append(Candidate(g, BackendName.OPENVINO, Precision.FP16, file, "f32", compressed_weights=True))
+            if not mode.compressed_weights:
+                out[g].append(Candidate(g, BackendName.OPENVINO, mode.precision, path, mode.inference_precision))
     return out, blocks
 
 
@@ -417,6 +421,43 @@ def choose(ranked: Mapping[str, Sequence[Candidate]], fallback: Mapping[str, Can
     raise err
 
 
+def choose_half(ranked: Mapping[str, Sequence[Candidate]], fallback: Mapping[str, Candidate],
+                times: Mapping[str, Mapping[str, Sequence[float]]],
+                evaluate: Callable[[dict[str, Candidate]], Evaluation] | None, *,
+                max_evaluations: int = MAX_EVALUATIONS) -> Choice:
+    """:func:`choose` that prefers half-precision arithmetic over the fp16-weights form
+    (float32 arithmetic), whatever their speed, in three rounds: bf16/fp16 everywhere; fp16
+    weights for the graphs whose bf16/fp16 failed the accuracy gate; fp16 weights everywhere.
+    Without fp16-weights candidates (or without half arithmetic) this is :func:`choose`."""
+    native = {g: [c for c in cs if not c.compressed_weights] for g, cs in ranked.items()}
+    weights = {g: [c for c in cs if c.compressed_weights] for g, cs in ranked.items()}
+    if not all(native.values()) or not all(weights.values()):
+        return choose(ranked, fallback, times, evaluate, max_evaluations=max_evaluations)
+    evaluations: list[Evaluation] = []
+    failed: set[str] = set()
+    rounds: list[Callable[[], dict[str, list[Candidate]]]] = [
+        lambda: native,
+        lambda: {g: [c for c in native[g] if f"{g}|{c.name}" not in failed] or weights[g] for g in ranked},
+        lambda: weights,
+    ]
+    last: EngineError | None = None
+    for make in rounds:
+        try:
+            choice = choose(make(), fallback, times, evaluate, max_evaluations=max_evaluations - len(evaluations))
+        except EngineError as e:
+            evaluations += getattr(e, "evaluations", [])
+            failed |= getattr(e, "failed", set())
+            last = e
+            if evaluate is None or len(evaluations) >= max_evaluations:
+                break
+            continue
+        return Choice(choice.chosen, evaluations + choice.evaluations, failed | choice.failed, choice.passed)
+    assert last is not None
+    last.evaluations = evaluations  # type: ignore[attr-defined]
+    last.failed = failed  # type: ignore[attr-defined]
+    raise last
+
+
 class _Exhausted(Exception):
     """The evaluation budget is spent."""
 
@@ -596,7 +637,7 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
             return Evaluation(names, bool(report["passed"]), report)
 
         try:
-            choice = choose(ranked, fallback, times, evaluate if options.data_dir is not None else None)
+            choice = choose_half(ranked, fallback, times, evaluate if options.data_dir is not None else None)
         except EngineError as e:
             evaluations = getattr(e, "evaluations", [])
             if not evaluations or evaluations[-1].report is None:
@@ -622,6 +663,9 @@ def build_per_graph(source: str | os.PathLike[str], out: str | os.PathLike[str],
         manifest = write_folder(out, src, choice.chosen, options, blocks, sel, accuracy)
     for g, c in choice.chosen.items():
         options.log(f"  chose {g}: {c.name}" + (f" ({median_ms(times[g], c.name):.2f} ms)" if timed else ""))
+        if c.compressed_weights and not blocks.get("half_mode", {}).get("compressed_weights", True):
+            options.log(f"warning: {g} at {blocks['half_mode']['precision']} failed the accuracy gate; it keeps "
+                        "fp16-compressed weights with float32 arithmetic (half the file, about fp32's speed)")
     return manifest
 
 

@@ -6,6 +6,7 @@ against ONNX Runtime's, and half precision (bf16, or fp16 weights) under the acc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from defectnet.engine_build.per_graph import (
     Candidate,
     Evaluation,
     choose,
+    choose_half,
     rank_graph,
 )
 from defectnet.errors import ConfigError, EngineError
@@ -106,6 +108,39 @@ def test_choose_takes_the_fastest_passing_and_blames_the_failing_graph() -> None
         "gate": "onnxruntime int8", "detector": "openvino int8"}
     with pytest.raises(EngineError, match="no combination .* passes the accuracy gate within 2 evaluations"):
         choose(ranked, fallback, TIMES, lambda c: Evaluation({}, False), max_evaluations=2)
+
+
+def test_explicit_fp16_prefers_bf16_and_falls_back_to_fp16_weights_per_failing_graph() -> None:
+    """--fp16 on a bf16 CPU: bf16 arithmetic first, even where the fp16-weights form (float32
+    arithmetic) times faster; a graph whose bf16 fails the accuracy gate keeps fp16 weights."""
+    def half_cands(g: str) -> list[Candidate]:
+        return [_cand(g, OV, Precision.FP32), _cand(g, OV, Precision.BF16),
+                Candidate(g, OV, Precision.FP16, Path(f"{g}.fp16-weights.onnx"), "f32", compressed_weights=True)]
+
+    fp16w = "openvino fp16 (fp16 weights, f32 inference)"
+    times = {g: {"openvino fp32": [20.0], "openvino bf16": [15.0], fp16w: [14.0]} for g in ("gate", "detector")}
+    ranked, fallback = {}, {}
+    for g in ("gate", "detector"):
+        ranked[g], _, fallback[g] = rank_graph(half_cands(g), times[g], (Precision.FP16,), open_choice=False)
+    assert [c.name for c in ranked["gate"]] == [fp16w, "openvino bf16"]  # by speed ...
+
+    def evaluate(bad: set[str]) -> Callable[[dict[str, Candidate]], Evaluation]:
+        def run(combo: dict[str, Candidate]) -> Evaluation:
+            names = {g: c.name for g, c in combo.items()}
+            return Evaluation(names, not any(names[g] == "openvino bf16" for g in bad), {"summary": [], "engine": {}})
+        return run
+
+    ok = choose_half(ranked, fallback, times, evaluate(set()))  # ... but bf16 wins while it passes
+    assert {g: c.name for g, c in ok.chosen.items()} == {"gate": "openvino bf16", "detector": "openvino bf16"}
+    assert len(ok.evaluations) == 1
+    det_bad = choose_half(ranked, fallback, times, evaluate({"detector"}))
+    assert {g: c.name for g, c in det_bad.chosen.items()} == {"gate": "openvino bf16", "detector": fp16w}
+    assert "detector|openvino bf16" in det_bad.failed and det_bad.passed is not None
+    both_bad = choose_half(ranked, fallback, times, evaluate({"gate", "detector"}))
+    assert {g: c.name for g, c in both_bad.chosen.items()} == {"gate": fp16w, "detector": fp16w}
+    assert [e.passed for e in both_bad.evaluations][-1] is True
+    with pytest.raises(EngineError, match="passes the accuracy gate"):  # nothing passes: every evaluation kept
+        choose_half(ranked, fallback, times, lambda c: Evaluation({g: x.name for g, x in c.items()}, False))
 
 
 # ----------------------------------------------------------------------------- builds
