@@ -23,7 +23,9 @@ The recipe that learns on a 2-core CPU (benchmarks/reference/README.md says why)
              the validation split (``defectnet-calibrate-gate``); ``defectnet-eval`` of every row
              on the held-out test set, at argmax and at those thresholds;
 6. pack      ``defectnet-pack-run`` of the const run into ``OUT/reference-const`` (float16,
-             inference only): what the repository keeps as ``models/reference-const``.
+             inference only): what the repository keeps as ``models/reference-const``;
+7. tables    ``benchmarks/seed_compare.py``: the seed's table for KIND beside ours, as ratios to
+             each table's one-model row (``OUT/seed_table.md``, ``.json``).
 
 Every step is skipped when its output is complete (a run's ``run.json``, the data's
 annotations, an eval JSON) and resumed from its last epoch checkpoint when it is not, so the
@@ -47,7 +49,7 @@ from pathlib import Path
 from defectnet.train.schedules import REFERENCE_EPOCHS
 
 BIN = Path(sys.executable).parent
-STAGES = ("data", "stage1", "stage2", "twomodel", "eval", "pack")
+STAGES = ("data", "stage1", "stage2", "twomodel", "eval", "pack", "tables")
 DETECTOR_ROWS = ("one-model", "const", "linear", "inverse", "exponential")
 TWO_MODEL_ROWS = ("two-model-small", "two-model-large")
 ROW_SETS = {"reference": ("one-model", "const"), "seed": (*DETECTOR_ROWS, *TWO_MODEL_ROWS)}
@@ -219,6 +221,19 @@ class Campaign:
         if "const" in self.recipe.rows and not (out / "run.json").is_file():
             self.run("pack", [str(BIN / "defectnet-pack-run"), str(self.run_dir("const")), "--out", str(out),
                               "--overwrite"])
+
+    def step_tables(self) -> None:
+        """The seed's table for this data set beside ours (``benchmarks/seed_compare.py``):
+        ``OUT/seed_table.md`` and ``.json``, remade every time (it only reads)."""
+        r = self.recipe
+        argmax = self.out / "eval_holdout_argmax.json"
+        if not argmax.is_file():
+            return
+        gated = [self.out / f"eval_holdout_{row}_recall{r.target_recall:g}.json"
+                 for row in r.rows if row in DETECTOR_ROWS and row != "one-model"]
+        self.run("tables", [sys.executable, str(Path(__file__).with_name("seed_compare.py")), "--dataset", r.kind,
+                            "--eval", str(argmax), "--eval-recall", *[str(p) for p in gated if p.is_file()],
+                            "--out", str(self.out / "seed_table.md"), "--json", str(self.out / "seed_table.json")])
 
     def __call__(self, until: str) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
