@@ -441,9 +441,14 @@ def choose_half(ranked: Mapping[str, Sequence[Candidate]], fallback: Mapping[str
         lambda: weights,
     ]
     last: EngineError | None = None
+    tried: list[dict[str, list[Candidate]]] = []
     for make in rounds:
+        ranked_round = make()
+        if ranked_round in tried:  # round 2 is round 3 when every graph's bf16/fp16 failed
+            continue
+        tried.append(ranked_round)
         try:
-            choice = choose(make(), fallback, times, evaluate, max_evaluations=max_evaluations - len(evaluations))
+            choice = choose(ranked_round, fallback, times, evaluate, max_evaluations=max_evaluations - len(evaluations))
         except EngineError as e:
             evaluations += getattr(e, "evaluations", [])
             failed |= getattr(e, "failed", set())

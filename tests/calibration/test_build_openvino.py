@@ -139,6 +139,8 @@ def test_explicit_fp16_prefers_bf16_and_falls_back_to_fp16_weights_per_failing_g
     both_bad = choose_half(ranked, fallback, times, evaluate({"gate", "detector"}))
     assert {g: c.name for g, c in both_bad.chosen.items()} == {"gate": fp16w, "detector": fp16w}
     assert [e.passed for e in both_bad.evaluations][-1] is True
+    names = [tuple(sorted(e.combination.items())) for e in both_bad.evaluations]
+    assert len(names) == len(set(names))  # no combination evaluated twice
     with pytest.raises(EngineError, match="passes the accuracy gate"):  # nothing passes: every evaluation kept
         choose_half(ranked, fallback, times, lambda c: Evaluation({g: x.name for g, x in c.items()}, False))
 
