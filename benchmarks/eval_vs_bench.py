@@ -80,7 +80,7 @@ def make(root: Path, images: int, size: str) -> None:
     click.echo(f"wrote {data} and {run}")
 
 
-def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int) -> dict[str, Any]:
+def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int, gate_threshold: float | None = None) -> dict[str, Any]:
     """Per-image times (ms) of the eval path and the bench path, interleaved (see the module
     docstring); the detections of both paths compared once."""
     from defectnet.bench.imageset import build_image_set
@@ -95,12 +95,13 @@ def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int) -> di
     from defectnet.train.checkpoint import load_run
 
     model, info = load_run(run, "cpu")
+    threshold = float(model.config.gate_threshold) if gate_threshold is None else gate_threshold
     scale = tuple(info.train_config["scale"])
     dataset = load_split(data, "test", scale=scale, train=False)
     images = build_image_set(data, "test")
     pipeline = Pipeline(StageTimedBackend(make_backend(model, "torch", BackendOptions(threads=threads))),
                         kind=EngineKind.DEFECTNET, class_names=list(info.class_names),
-                        gate_threshold=float(model.config.gate_threshold), preprocessor=Preprocessor(scale, 32))
+                        gate_threshold=threshold, preprocessor=Preprocessor(scale, 32))
     dev = torch.device("cpu")
     eval_in = [collate([dataset[i]])[0] for i in range(len(dataset))]
     bench_in = [pipeline.preprocessor([read_image(images.path(k))]) for k in range(len(images))]
@@ -108,7 +109,7 @@ def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int) -> di
                      for a, b in zip(eval_in, bench_in))
 
     def run_eval(i: int) -> list[Any]:
-        return _run_model(model, eval_in[i], dev, None)
+        return _run_model(model, eval_in[i], dev, threshold)
 
     def run_bench(i: int) -> list[Any]:
         return _infer(pipeline, bench_in[i])
@@ -159,23 +160,31 @@ def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int) -> di
               help="Model and image size for --make (tiny: 192x96 images, 16-channel FPN).")
 @click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder made by --make.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A trained run folder to time instead of DIR/runs/const (with --data).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Its data folder (the test split is timed) instead of DIR/data.")
+@click.option("--gate-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="P(defective) threshold for both paths [default: the run's].")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(make_dir: Path | None, images: int, size: str, root: Path | None, threads: int, warmup: int,
-         rounds: int, out: Path | None) -> None:
+def main(make_dir: Path | None, images: int, size: str, root: Path | None, run_dir: Path | None,
+         data_dir: Path | None, gate_threshold: float | None, threads: int, warmup: int, rounds: int, out: Path | None) -> None:
     from defectnet.evaluation.environment import library_versions, machine_info
     from defectnet.io import atomic_write_json
 
     if make_dir is not None:
         make(make_dir, images, size)
         return
-    if root is None:
-        raise click.UsageError("give --make DIR or --dir DIR")
+    if root is None and (run_dir is None or data_dir is None):
+        raise click.UsageError("give --make DIR, --dir DIR, or --run RUN --data DATA")
+    run = run_dir if run_dir is not None else root / "runs" / "const"  # type: ignore[operator]
+    data = data_dir if data_dir is not None else root / "data"  # type: ignore[operator]
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    got = measure(root / "runs" / "const", root / "data", threads, warmup, rounds)
+    got = measure(run, data, threads, warmup, rounds, gate_threshold)
     for path in ("eval", "bench"):
         s = got["summary"][path]
         click.echo(f"{path}: ATT {s['att_ms']:.1f} ms, ATT_normal {s['att_normal_ms']:.1f}, ATT_defective "
@@ -192,10 +201,13 @@ def main(make_dir: Path | None, images: int, size: str, root: Path | None, threa
             "command": shlex.join(["python", "benchmarks/eval_vs_bench.py", *sys.argv[1:]]),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "what": "defectnet-eval's timed call vs defectnet-bench's on the same images, interleaved per image "
-                    "(eval, bench, bench, eval), a random-weight ResNet-18 compact DefectNet (gate threshold at the "
-                    "median P of the test images)",
-            "settings": {"threads": threads, "warmup": warmup, "rounds": rounds, "run": str(root / "runs" / "const"),
-                         "data": str(root / "data"), "torch_threads": torch.get_num_threads(),
+                    "(eval, bench, bench, eval), " + (
+                        f"the trained run {run} at gate threshold {gate_threshold}" if run_dir is not None else
+                        "a random-weight ResNet-18 compact DefectNet (gate threshold at the median P of the test "
+                        "images)"),
+            "settings": {"threads": threads, "warmup": warmup, "rounds": rounds, "run": str(run),
+                         "gate_threshold": gate_threshold,
+                         "data": str(data), "torch_threads": torch.get_num_threads(),
                          "torch_interop_threads": torch.get_num_interop_threads()},
             "machine": machine_info(), "libraries": library_versions(),
             "wall_seconds": round(time.perf_counter() - t0, 1), **got})

@@ -4,9 +4,14 @@ target defective-image recall on a validation set.
 The detector runs for an image iff ``P(defective) >= threshold``. An escape (a defective
 image the gate sends out after the backbone) is what a factory pays for, so the threshold
 is chosen for recall, not for argmax: with ``n`` defective images and target recall ``r``,
-at least ``k = ceil(r * n)`` of them must pass, so the threshold is the k-th largest P among
-the defective images (any larger value lets fewer through; ties only raise the recall).
-Normal images do not move the threshold; they give the gate pass rate it costs.
+at least ``k = ceil(r * n)`` of them must pass, so the k-th largest P among the defective
+images, ``p_k``, is the largest threshold that does (ties only raise the recall). The
+threshold is not ``p_k`` itself, where the k-th image would sit exactly on the boundary and
+any rounding of P (an INT8 or bf16 engine, another runtime) would send it out: it is the
+midpoint, in logit space, between ``p_k`` and the next lower P of any image of the set, so
+every image of the set lands on the same side as at ``p_k`` (the same recall and pass rates)
+with the widest margin to the boundary image that does so. Normal images do not move the
+operating point; they give the gate pass rate it costs.
 
 ``defectnet-calibrate-gate --engine DIR --data DIR [--split test] --target-recall 0.995``
 computes P for every image of the split with the float pipeline (the engine's FP32 graphs
@@ -73,8 +78,9 @@ class OperatingPoint:
 
 def threshold_for_recall(p_defective: Sequence[float] | np.ndarray, is_defective: Sequence[bool] | np.ndarray,
                          target_recall: float) -> OperatingPoint:
-    """The largest threshold whose recall on the defective images is >= ``target_recall``
-    (see the module docstring)."""
+    """A threshold whose recall on the defective images is >= ``target_recall``: halfway in
+    logit space between the k-th largest defective P and the next lower P of the set, so that
+    the boundary image keeps a margin (see the module docstring)."""
     p = np.asarray(p_defective, dtype=np.float64).reshape(-1)
     d = np.asarray(is_defective, dtype=bool).reshape(-1)
     if p.shape != d.shape:
@@ -89,7 +95,7 @@ def threshold_for_recall(p_defective: Sequence[float] | np.ndarray, is_defective
                         "defective images")
     k = max(1, math.ceil(target_recall * n_def - 1e-9))  # the float product may land just above an integer
     ranked = np.sort(p[d])[::-1]
-    threshold = float(ranked[k - 1])
+    threshold = _midpoint_below(float(ranked[k - 1]), p)
     passed = p >= threshold
     below = ranked[ranked < threshold]
     n_norm = int((~d).sum())
@@ -98,6 +104,26 @@ def threshold_for_recall(p_defective: Sequence[float] | np.ndarray, is_defective
         pass_rate=float(passed.mean()), normal_pass_rate=float(passed[~d].mean()) if n_norm else None,
         images=int(p.size), defective=n_def, normal=n_norm, escapes=int((~passed[d]).sum()),
         margin=float(threshold - below.max()) if below.size else None)
+
+
+def _logit(x: float) -> float:
+    return math.log(x) - math.log1p(-x)
+
+
+def _midpoint_below(boundary: float, p: np.ndarray) -> float:
+    """The threshold halfway in logit space between ``boundary`` (the lowest P that must pass)
+    and the next lower P of ``p``; ``boundary`` when nothing is below it. At P = 0 or 1
+    (no finite logit) the midpoint is taken in P."""
+    below = p[p < boundary]
+    if not below.size:
+        return boundary
+    lower = float(below.max())
+    if 0.0 < lower and boundary < 1.0:
+        mid = 1.0 / (1.0 + math.exp(-(_logit(lower) + _logit(boundary)) / 2))
+    else:
+        mid = (lower + boundary) / 2
+    # rounding may land on an end: keep the set's outcome (boundary passes, lower does not)
+    return mid if lower < mid <= boundary else boundary
 
 
 def gate_probabilities(engine_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,

@@ -30,31 +30,50 @@ def _point(target: float):  # type: ignore[no-untyped-def]
     return threshold_for_recall(p, truth, target)
 
 
-def test_largest_threshold_reaching_the_target_recall() -> None:
-    op = _point(0.8)  # 8 of 10 defective images must pass: the 8th largest defective P
-    assert op.threshold == 0.2 and op.recall == 0.8 and op.escapes == 2
+def _logit_mid(a: float, b: float) -> float:
+    la, lb = (np.log(x) - np.log1p(-x) for x in (a, b))
+    return float(1 / (1 + np.exp(-(la + lb) / 2)))
+
+
+def test_threshold_reaching_the_target_recall_with_a_margin() -> None:
+    op = _point(0.8)  # 8 of 10 defective images must pass: the 8th largest defective P is 0.2 ...
+    # ... and the threshold sits halfway (logit) between it and the next lower P of any image (0.1)
+    assert op.threshold == pytest.approx(_logit_mid(0.1, 0.2)) and 0.1 < op.threshold < 0.2
+    assert op.recall == 0.8 and op.escapes == 2
     assert op.pass_rate == pytest.approx(10 / 13) and op.normal_pass_rate == pytest.approx(2 / 3)
-    assert op.margin == pytest.approx(0.1) and (op.images, op.defective, op.normal) == (13, 10, 3)
-    assert _point(0.85).threshold == 0.1  # ceil(8.5) = 9 must pass
-    assert _point(0.81).threshold == 0.1
-    assert _point(1.0).threshold == 0.05 and _point(1.0).recall == 1.0 and _point(1.0).margin is None
-    assert _point(0.1).threshold == 0.9 and _point(0.05).threshold == 0.9  # at least one image passes
-    # any larger threshold misses the target; the chosen one meets it
+    assert op.margin == pytest.approx(op.threshold - 0.1) and (op.images, op.defective, op.normal) == (13, 10, 3)
+    assert _point(0.85).threshold == pytest.approx(_logit_mid(0.05, 0.1))  # ceil(8.5) = 9 must pass
+    assert _point(0.81).threshold == _point(0.85).threshold
+    # all must pass: below the lowest defective P (0.05) is the normal 0.01
+    assert _point(1.0).threshold == pytest.approx(_logit_mid(0.01, 0.05)) and _point(1.0).recall == 1.0
+    assert _point(1.0).margin is None
+    # at least one image passes: 0.9, with the defective 0.8 the next lower P
+    assert _point(0.1).threshold == pytest.approx(_logit_mid(0.8, 0.9)) == _point(0.05).threshold
+    # every image of the set is on the same side as at the k-th defective P, for every target
+    p_all = np.array(DEFECTIVE + NORMAL)
     for target in (0.3, 0.55, 0.8, 0.95):
         op = _point(target)
         d = np.array(DEFECTIVE)
-        assert (d >= op.threshold).mean() >= target
-        assert (d >= np.nextafter(op.threshold, 1.0)).mean() < target
+        k_th = np.sort(d)[::-1][int(np.ceil(target * len(d) - 1e-9)) - 1]
+        assert ((p_all >= op.threshold) == (p_all >= k_th)).all()
+        assert (d >= op.threshold).mean() >= target and op.threshold <= k_th
 
 
 def test_threshold_edge_cases() -> None:
     # 0.995 * 200 = 199.00000000000003 in floating point: 199 images must pass, not 200
     p = np.linspace(0.999, 0.001, 200)
     op = threshold_for_recall(p, np.ones(200, bool), 0.995)
-    assert op.threshold == p[198] and op.escapes == 1
-    # ties at the threshold only raise the recall
+    assert p[199] < op.threshold <= p[198] and op.escapes == 1
+    # ties at the boundary only raise the recall; nothing below it: the boundary itself
     op = threshold_for_recall([0.5, 0.5, 0.5, 0.1], [True] * 4, 0.5)
-    assert op.threshold == 0.5 and op.recall == 0.75 and op.normal_pass_rate is None
+    assert 0.1 < op.threshold <= 0.5 and op.recall == 0.75 and op.normal_pass_rate is None
+    assert threshold_for_recall([0.3, 0.4], [True, True], 1.0).threshold == 0.3
+    # P = 0 below the boundary (no finite logit): the midpoint in P
+    assert threshold_for_recall([0.0, 0.2], [False, True], 0.9).threshold == pytest.approx(0.1)
+    # neighbours one float apart: the boundary image still passes
+    b = 0.3
+    op = threshold_for_recall([np.nextafter(b, 0.0), b], [False, True], 1.0)
+    assert op.recall == 1.0 and op.normal_pass_rate == 0.0
     with pytest.raises(DataError, match="no defective image"):
         threshold_for_recall([0.2, 0.3], [False, False], 0.9)
     for bad in (0.0, 1.5, -0.1):
