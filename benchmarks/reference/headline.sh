@@ -9,7 +9,8 @@
 # OUT: the campaign folder (data/, holdout/, stage2-const/, stage2-one-model/).
 # RESULT_DIR: where defectnet-bench writes (e.g. benchmarks/results/bench_<date>_...).
 # A build that fails its accuracy gate is reported and left out (the bench measures what
-# was built); a finished build is not repeated. ROWS="one-model" builds one row only and
+# was built; a rejected build is not retried until its folder is deleted); a finished build is
+# not repeated. ROWS="one-model" builds one row only and
 # stops before the bench (to build it while the other row still trains). Wall time on the project's 2-core VM: see the bench's results.json.
 set -u
 OUT=${1:?campaign folder}
@@ -28,6 +29,10 @@ for row in ${ROWS:-one-model const}; do
   for build in "${builds[@]}"; do
     out="$run/engine-${build%%:*}" flags=${build#*:}
     [ -f "$out/manifest.json" ] && continue  # built before (a rerun resumes)
+    if [ -f "$out/manifest.rejected.json" ]; then  # failed its accuracy gate before: delete the folder to retry
+      echo "[headline] $row: '$flags' failed its accuracy gate before ($out/manifest.rejected.json); left out"
+      continue
+    fi
     # shellcheck disable=SC2086  # flags are words
     "$BIN/defectnet-build-engine" --engine "$run/engine" --data "$OUT/data" --threads "$THREADS" --out "$out" $flags \
       || echo "[headline] $row: build '$flags' failed; left out of the bench"
