@@ -17,6 +17,7 @@ OUT=${1:?campaign folder}
 RESULT=${2:?bench output folder}
 BIN=$(dirname "$(command -v defectnet-bench || echo .venv/bin/defectnet-bench)")
 THREADS=${THREADS:-2}  # every runtime's threads (the bench records them)
+REPEAT=${REPEAT:-1}    # interleaved repetitions per image (the bench reports per-image medians)
 export OMP_NUM_THREADS=$THREADS
 
 for row in ${ROWS:-one-model const}; do
@@ -43,4 +44,4 @@ done
 "$BIN/defectnet-bench" --engine "$OUT/stage2-one-model/engine" --engine "$OUT/stage2-const/engine" \
   --data "$OUT/holdout" --normal-share 0.45 --max-images 300 --target-recall 0.95 \
   --val-data "$OUT/data" --val-split test --backends torch,onnxruntime,openvino,auto \
-  --threads "$THREADS" --repeat 1 --warmup 2 --batch 1 --no-progress --out "$RESULT"
+  --threads "$THREADS" --repeat "$REPEAT" --warmup 2 --batch 1 --no-progress --out "$RESULT"
