@@ -61,10 +61,11 @@ def _problems(root: Path) -> str:
 
 
 def test_an_edited_number_fails(copy_root: Path) -> None:
-    _edit(copy_root / "README.md", "| one-model ATT | 143.7 (1.00x)", "| one-model ATT | 143.8 (1.00x)")
+    _edit(copy_root / "README.md", "| one-model | PyTorch fp32 | 90.2 (103.1)", "| one-model | PyTorch fp32 | 90.3 (103.1)")
     problems = _problems(copy_root)
-    assert "'| one-model ATT | 143.7 (1.00x) | 104.6 (1.37x) | - |' is not in the checked sections" in problems
-    assert "README.md:" in problems and "the number 143.8 is not backed" in problems
+    assert "'| one-model | PyTorch fp32 | 90.2 (103.1) | 1.00x | - | - | 0.860 | 0.486 |' is not in the checked " \
+           "sections" in problems
+    assert "README.md:" in problems and "the number 90.3 is not backed" in problems
 
 
 def test_a_number_edited_in_text_and_manifest_still_fails_against_its_file(copy_root: Path) -> None:
@@ -74,31 +75,31 @@ def test_a_number_edited_in_text_and_manifest_still_fails_against_its_file(copy_
 
 
 def test_a_changed_recorded_file_fails(copy_root: Path) -> None:
-    path = copy_root / "benchmarks/results/eval_2026-11-28_holdout540_48ep.json"
+    path = copy_root / "benchmarks/results/eval_2026-12-01_fabric-reference-32ep_holdout540_threads2/eval_holdout_argmax_threads2.json"
     data = json.loads(path.read_text())
-    data["results"][1]["att_normal_ms"] += 0.2   # const's ATT_normal 99.37 -> 99.57: "99.4" no longer holds
+    data["results"][1]["att_defective_ms"] += 0.2   # const's ATT_defective 94.09 -> 94.29: "94.1" no longer holds
     path.write_text(json.dumps(data))
     problems = _problems(copy_root)
-    assert "99.4 in" in problems and "att_normal_ms = 99.5" in problems
+    assert "94.1 in" in problems and "att_defective_ms = 94.3" in problems
 
 
 def test_a_new_uncited_number_fails(copy_root: Path) -> None:
-    _edit(copy_root / "README.md", "These files hold no per-image P(defective)",
-          "The gate's ROC AUC was 0.95. These files hold no per-image P(defective)")
+    _edit(copy_root / "README.md", "The paper's accuracy claim holds here",
+          "The gate's ROC AUC was 0.95. The paper's accuracy claim holds here")
     assert "the number 0.95 is not backed" in _problems(copy_root)
 
 
 def test_a_removed_citation_fails(copy_root: Path) -> None:
     _edit(copy_root / "README.md",
-          "\n[source: `benchmarks/results/backbone_share_2026-11-28_r18compact-48ep.json`].", ".")
-    assert "does not cite its source share48" in _problems(copy_root)
+          "\n[source: `benchmarks/results/nncf_compare_2026-12-01_reference-const-32ep_holdout540.json`].", ".")
+    assert "does not cite its source nncf" in _problems(copy_root)
 
 
 def test_code_and_other_sections_are_not_claims(copy_root: Path) -> None:
     """Numbers in code spans and outside the checked sections are commands and prose."""
     _edit(copy_root / "README.md", "## License\n", "## License\n\nMeasured on 3 cores, 7 times.\n")
-    _edit(copy_root / "README.md", "These files hold no per-image P(defective)",
-          "Rerun them with `defectnet-eval --threads 9`. These files hold no per-image P(defective)")
+    _edit(copy_root / "README.md", "The paper's accuracy claim holds here",
+          "Rerun them with `defectnet-eval --threads 9`. The paper's accuracy claim holds here")
     assert check_claims.check(copy_root).ok
 
 
