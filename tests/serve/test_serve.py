@@ -271,7 +271,8 @@ def test_overload_gets_503_with_retry_after_and_the_client_retries(cluster: Clus
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda k: _post(url, body, f"?key=o{k}"), range(24)))
     statuses = Counter(status for status, _, _ in answers)
-    assert set(statuses) <= {200, 503} and statuses[503] >= 1 and statuses[200] >= 2, statuses
+    # some served while the rest are turned away (how many of each depends on the machine's speed)
+    assert set(statuses) <= {200, 503} and statuses[503] >= 1 and statuses[200] >= 1, statuses
     for status, record, headers in answers:
         if status == 503:  # from the Ingress (an overloaded record) or Serve's proxy (text); Retry-After either way
             assert headers["Retry-After"] == "1", headers
