@@ -4,28 +4,17 @@ a file or a citation changes (on a temporary copy of the documents, manifest and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import benchmark_scripts
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _checker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_claims", ROOT / "benchmarks" / "check_claims.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-check_claims = _checker()
+check_claims = benchmark_scripts.load("check_claims")
 
 
 def test_every_published_number_matches_its_file() -> None:

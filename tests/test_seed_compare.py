@@ -3,28 +3,14 @@ one-model row, with every seed row printed (a row without a run says why)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import benchmark_scripts
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("seed_compare", ROOT / "benchmarks" / "seed_compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-seed_compare = _load()
+seed_compare = benchmark_scripts.load("seed_compare")
 
 
 def _result(model: str, m: float, f1: float, att: float, **extra: Any) -> dict[str, Any]:
