@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from defectnet.io import atomic_write_json, atomic_write_text
 
 ROWS = ("one-model", "two-model_small", "two-model_large", "defectnet_const", "defectnet_linear",
         "defectnet_inverse", "defectnet_exponential")
@@ -199,14 +199,6 @@ def markdown(dataset: str, rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(SEED), required=True, help="which seed table")
@@ -231,11 +223,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        _write_atomic(args.out, text)
+        atomic_write_text(args.out, text)
     if args.json is not None:
         command = "python benchmarks/seed_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        _write_atomic(args.json, json.dumps({"command": command, "dataset": args.dataset,
-                                             "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        atomic_write_json(args.json, {"command": command, "dataset": args.dataset, "rows": [asdict(r) for r in rows]},
+                          indent=1)
 
 
 if __name__ == "__main__":
