@@ -150,12 +150,14 @@ def main(ctx: click.Context, host: str, port: int, num_cpus: int | None, **kw: A
 @_app_options
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("serve.yaml"),
               show_default=True, help="Where to write the config.")
-@click.option("--host", default=None, help="HTTP proxy address (default 127.0.0.1; 0.0.0.0 with --cluster).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="HTTP proxy address; a cluster's proxies must listen on the nodes' network (e.g. 0.0.0.0: "
+              "every interface, trusted networks only), which you opt into here.")
 @click.option("--port", default=8000, show_default=True, type=int, help="HTTP port.")
 @click.option("--cluster", is_flag=True,
               help="For a multi-machine cluster (KubeRay, serve deploy): a proxy on every node, Ray not pinned "
               "to loopback.")
-def config_command(out_file: Path, host: str | None, port: int, cluster: bool, **kw: Any) -> None:
+def config_command(out_file: Path, host: str, port: int, cluster: bool, **kw: Any) -> None:
     """Write a Ray Serve config file of the application (for `serve run`, `serve deploy` or a
     KubeRay RayService's serveConfigV2)."""
     from defectnet.runtime.engine import load_engine
@@ -165,12 +167,14 @@ def config_command(out_file: Path, host: str | None, port: int, cluster: bool, *
         options = _options(kw, loopback=not cluster)
         if not cluster:
             load_engine(options.engine)  # on a cluster the path is the nodes' (it may not exist here)
-        path = write_serve_config(out_file, options, host=host or ("0.0.0.0" if cluster else "127.0.0.1"),
-                                  port=port, cluster=cluster)
+        path = write_serve_config(out_file, options, host=host, port=port, cluster=cluster)
     except DefectNetError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     click.echo(f"wrote {path}")
+    if cluster and host in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"note: the proxies listen on {host} only, so nothing outside each node reaches them; pass "
+                   "--host 0.0.0.0 (or the nodes' address) to serve other machines", err=True)
 
 
 __all__ = ["main", "parse_replicas"]

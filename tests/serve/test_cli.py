@@ -92,6 +92,14 @@ def test_config_command(serve_engine: Path, tmp_path: Path) -> None:
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8100, "request_timeout_s": 40.0}
     fused = {d["name"]: d for d in app["deployments"]}["Fused"]
     assert fused["autoscaling_config"]["max_replicas"] == 3 and fused["max_ongoing_requests"] == 16
+    # --cluster alone still binds loopback and says how to open it; every interface is an explicit --host
+    result = CliRunner().invoke(main, ["config", "--engine", "/models/engine", "--out", str(out), "--cluster"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["http_options"]["host"] == "127.0.0.1" and "--host 0.0.0.0" in result.output
+    result = CliRunner().invoke(main, ["config", "--engine", "/models/engine", "--out", str(out), "--cluster",
+                                       "--host", "0.0.0.0"])
+    assert result.exit_code == 0 and yaml.safe_load(out.read_text())["http_options"]["host"] == "0.0.0.0"
+    assert "note:" not in result.output
 
 
 def test_usage_errors(tmp_path: Path) -> None:
