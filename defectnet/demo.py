@@ -137,8 +137,9 @@ def build_fastest(data: Path, engine: Path) -> Path:
 
 
 def choose_threshold(data: Path, engine: Path) -> float:
-    """Stage 6: the gate's operating point: the largest P(defective) threshold that keeps
-    gate recall >= TARGET_RECALL on the validation (train) split, written into the manifest."""
+    """Stage 6: the gate's operating point: a P(defective) threshold that keeps gate recall
+    >= TARGET_RECALL on the validation (train) split (with a margin to the boundary image:
+    :func:`~defectnet.engine_build.gate_calibration.threshold_for_recall`), written into the manifest."""
     _stage(f"6. gate threshold for recall >= {TARGET_RECALL} on the validation split (defectnet-calibrate-gate)")
     point = calibrate_gate(engine, data, split="train", target_recall=TARGET_RECALL, progress=False)
     click.echo(f"   threshold {point.threshold:.4f}: recall {point.recall:.3f} of {point.defective} defective, "
@@ -200,8 +201,8 @@ def gate_effects(result: BenchResult) -> list[GateEffect]:
     """One :class:`GateEffect` per backend that has a gate-on and a gate-off case, fastest first."""
     effects = []
     for c in result.cases:
-        twin = next((o for o in result.cases if o.gate_off and o.label == c.label and o.model_row == c.row), None)
-        if c.gate_off or twin is None:
+        twin = result.gate_off_twin(c)
+        if twin is None:
             continue
         effects.append(GateEffect(c.label, c.metrics.mAP, c.metrics.F1, c.metrics.gate_recall, c.normal_skipped,
                                   (c.operating_point or {}).get("threshold"), c.metrics.att_ms,

@@ -152,6 +152,12 @@ class BenchResult:
         """Column labels (backend + precision) in first-seen order."""
         return list(dict.fromkeys(c.label for c in self.cases))
 
+    def gate_off_twin(self, case: CaseResult) -> CaseResult | None:
+        """The gate-off twin :func:`link_gate_off` paired with a gate-on ``case`` (None when it has none)."""
+        if case.gate_off_key is None:
+            return None
+        return next(c for c in self.cases if c.key == case.gate_off_key)
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):

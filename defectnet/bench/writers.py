@@ -117,8 +117,7 @@ def gate_table(result: BenchResult) -> str:
     ATT, ATT_normal, ATT_defective, mAP, F1, gate recall, the share of normal images that
     skip the detector, what the gate buys (gate-off ATT / gate-on ATT) and the speed-up
     against the PyTorch one-model where one was measured. Empty without gate-off cases."""
-    pairs = [(c, next(o for o in result.cases if o.key == c.gate_off_key)) for c in _ordered_cases(result)
-             if c.gate_off_key is not None]
+    pairs = [(c, twin) for c in _ordered_cases(result) if (twin := result.gate_off_twin(c)) is not None]
     if not pairs:
         return ""
     lines = [GATE_HEADER]
@@ -155,9 +154,9 @@ def effects(result: BenchResult) -> list[dict[str, Any]]:
     off = _gate_off_lookup(result)
     out = []
     for c in _ordered_cases(result):
-        if c.gate_off_key is None:
+        twin = result.gate_off_twin(c)
+        if twin is None:
             continue
-        twin = next(o for o in result.cases if o.key == c.gate_off_key)
         torch32 = off.get((c.model_row or c.row, "torch", "fp32"))
         same32 = off.get((c.model_row or c.row, c.backend, "fp32"))
 
