@@ -1,0 +1,67 @@
+"""benchmarks/campaign.py: the recipe's checks and the plan it prints (``--dry-run``), in
+particular the reference's gate rounds: fresh seeds, each round from the previous, the last
+round packed and evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import benchmark_scripts
+import pytest
+
+campaign = benchmark_scripts.load("campaign")
+
+
+def _plan(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    campaign.main(["--out", str(tmp_path / "out"), "--dry-run", *args])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_reference_plan_chains_the_gate_rounds_and_packs_the_last(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _plan(tmp_path, capsys, "--gate-rounds")
+    out = tmp_path / "out"
+    gate = [line for line in lines if line.startswith("[gate]")]
+    rounds = campaign.REFERENCE_GATE_ROUNDS
+    assert len(gate) == 2 * len(rounds)
+    for i, g in enumerate(rounds):
+        synth, train = gate[2 * i], gate[2 * i + 1]
+        assert f"--seed {g.seed} --test-share 0 " in synth and str(out / f"gate-data-{i + 1}") in synth
+        previous = out / ("stage2-const" if i == 0 else f"stage3-const-round{i}")
+        assert f"--init {previous} " in train + " " and f"--gate-weight {g.gate_weight:g}" in train
+        assert f"--lr {g.lr:g} --epochs {g.epochs} " in train
+    last = out / f"stage3-const-round{len(rounds)}"
+    pack = next(line for line in lines if line.startswith("[pack]"))
+    assert f"defectnet-pack-run {last} " in pack
+    assert any(f"defectnet-eval {last} " in line for line in lines if line.startswith("[eval]"))
+
+
+def test_by_default_stage_two_const_is_packed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _plan(tmp_path, capsys)
+    assert not [line for line in lines if line.startswith("[gate]")]
+    pack = next(line for line in lines if line.startswith("[pack]"))
+    assert f"defectnet-pack-run {tmp_path / 'out' / 'stage2-const'} " in pack
+
+
+@pytest.mark.parametrize("seeds", [(21, 21), (0,), (7,), (11,)])
+def test_gate_rounds_need_fresh_seeds(seeds: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="fresh data seed"):
+        campaign.Recipe(gate_rounds=tuple(campaign.GateRound(seed=s) for s in seeds))
+
+
+def test_gate_rounds_only_with_reference_rows(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        campaign.main(["--out", str(tmp_path), "--dry-run", "--rows", "seed", "--gate-rounds"])
+
+
+def test_gate_rounds_need_the_const_row() -> None:
+    with pytest.raises(ValueError, match="const"):
+        campaign.Recipe(rows=("one-model", "linear"), gate_rounds=(campaign.GateRound(seed=21),))
+    with pytest.raises(ValueError, match="gate round"):
+        campaign.GateRound(seed=21, gate_weight=0.0)
+
+
+def test_the_demo_seed_is_reserved() -> None:
+    from defectnet.demo import SEED
+
+    assert SEED in campaign.RESERVED_SEEDS
