@@ -30,9 +30,16 @@ The recipe that learns on a 2-core CPU (benchmarks/reference/README.md says why)
 6. eval      each gated DefectNet row exported and its gate threshold for recall 0.95 chosen on
              the validation split (``defectnet-calibrate-gate``); ``defectnet-eval`` of every row
              on the held-out test set, at argmax and at those thresholds;
-7. pack      ``defectnet-pack-run`` of the const run (the last gate round's, when there are rounds) into ``OUT/reference-const`` (float16,
+7. bench     every row exported and built for the fastest CPU engine (``defectnet-build-engine
+             --backend auto``: ONNX Runtime / OpenVINO per graph under the accuracy gate), then
+             one ``defectnet-bench`` of all rows, PyTorch fp32 and that engine side by side on
+             300 held-out images at a normal share of 0.45, gated cases at the threshold
+             validated for the target recall and with their gate-off twins (``OUT/bench/``).
+             It times: run it on an otherwise idle machine (``--until eval`` first when other
+             work shares the cores; ``BENCH_THREADS`` threads, default 2);
+8. pack      ``defectnet-pack-run`` of the const run (the last gate round's, when there are rounds) into ``OUT/reference-const`` (float16,
              inference only): what the repository keeps as ``models/reference-const``;
-8. tables    ``benchmarks/seed_compare.py``: the seed's table for KIND beside ours, as ratios to
+9. tables    ``benchmarks/seed_compare.py``: the seed's table for KIND beside ours, as ratios to
              each table's one-model row (``OUT/seed_table.md``, ``.json``).
 
 Every step is skipped when its output is complete (a run's ``run.json``, the data's
@@ -57,7 +64,7 @@ from pathlib import Path
 from defectnet.train.schedules import REFERENCE_EPOCHS
 
 BIN = Path(sys.executable).parent
-STAGES = ("data", "stage1", "stage2", "twomodel", "gate", "eval", "pack", "tables")
+STAGES = ("data", "stage1", "stage2", "twomodel", "gate", "eval", "bench", "pack", "tables")
 DETECTOR_ROWS = ("one-model", "const", "linear", "inverse", "exponential")
 TWO_MODEL_ROWS = ("two-model-small", "two-model-large")
 ROW_SETS = {"reference": ("one-model", "const"), "seed": (*DETECTOR_ROWS, *TWO_MODEL_ROWS)}
@@ -106,6 +113,8 @@ class Recipe:
     threads: int = 1                # per training process
     parallel: int = 2               # training processes side by side
     target_recall: float = 0.95
+    bench_images: int = 300         # held-out images the bench measures
+    bench_normal_share: float = 0.45
     gate_rounds: tuple[GateRound, ...] = ()
 
     def __post_init__(self) -> None:
@@ -165,9 +174,10 @@ class Campaign:
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
-    def run(self, step: str, *commands: list[str], stdout: Path | None = None) -> None:
+    def run(self, step: str, *commands: list[str], stdout: Path | None = None, allow_failure: bool = False) -> None:
         """Run ``commands``, at most ``parallel`` at a time, each logged with its own wall time;
-        stop the campaign on the first failure. stdout: the (single) command's output file."""
+        stop the campaign on the first failure unless ``allow_failure`` (the failure is logged
+        and reported). stdout: the (single) command's output file."""
         for c in commands:
             print(f"[{step}] {shlex.join(c)}", flush=True)
         if self.dry_run:
@@ -189,7 +199,9 @@ class Campaign:
         finally:
             if sink is not None:
                 sink.close()
-        if failed:
+        if failed and allow_failure:
+            print(f"[{step}] a command failed (exit code {failed}); going on without its output", flush=True)
+        elif failed:
             if stdout is not None:
                 stdout.unlink(missing_ok=True)
             sys.exit(f"[{step}] a command failed (exit code {failed}); fix it and run the campaign again "
@@ -266,8 +278,7 @@ class Campaign:
         for _, run in gated:
             if (run / "gate_threshold.json").is_file():
                 continue
-            if not (run / "engine" / "manifest.json").is_file():
-                self.run("eval", [str(BIN / "defectnet-export"), "--checkpoint", str(run), "--data", str(self.data)])
+            self._export("eval", run)
             self.run("eval", [str(BIN / "defectnet-calibrate-gate"), "--engine", str(run / "engine"), "--data",
                               str(self.data), "--split", "test", "--target-recall", str(r.target_recall), "--json",
                               "--no-progress"], stdout=run / "gate_threshold.json")
@@ -287,6 +298,34 @@ class Campaign:
                 self.run("eval", [str(BIN / "defectnet-eval"), *rows, "--data", str(self.holdout), "--out",
                                   str(result), "--no-progress", *extra])
 
+    def _export(self, step: str, run: Path) -> None:
+        if not (run / "engine" / "manifest.json").is_file():
+            self.run(step, [str(BIN / "defectnet-export"), "--checkpoint", str(run), "--data", str(self.data)])
+
+    def step_bench(self) -> None:
+        """The fastest CPU engine of every row, then one bench of all rows (PyTorch fp32 and that
+        engine, gate on and off) into ``OUT/bench``. A build its accuracy gate rejects leaves
+        ``engine-auto/manifest.rejected.json``: the row is benched in PyTorch only."""
+        r = self.recipe
+        bench = self.out / "bench"
+        if (bench / "results.json").is_file():
+            return
+        threads = os.environ.get("BENCH_THREADS", "2")
+        runs = [self.run_dir(row) for row in r.rows]
+        for run in runs:
+            self._export("bench", run)
+            auto = run / "engine-auto"
+            if not any((auto / f).is_file() for f in ("manifest.json", "manifest.rejected.json")):
+                self.run("bench", [str(BIN / "defectnet-build-engine"), "--engine", str(run / "engine"), "--data",
+                                   str(self.data), "--backend", "auto", "--threads", threads, "--out", str(auto)],
+                         allow_failure=True)
+        engines = [arg for run in runs for arg in ("--engine", str(run / "engine"))]
+        self.run("bench", [str(BIN / "defectnet-bench"), *engines, "--data", str(self.holdout), "--normal-share",
+                           f"{r.bench_normal_share:g}", "--max-images", str(r.bench_images), "--target-recall",
+                           f"{r.target_recall:g}", "--val-data", str(self.data), "--val-split", "test", "--backends",
+                           "torch,auto", "--threads", threads, "--repeat", "1", "--warmup", "2", "--batch", "1",
+                           "--no-progress", "--out", str(bench)])
+
     def step_pack(self) -> None:
         out = self.out / "reference-const"
         if "const" in self.recipe.rows and not (out / "run.json").is_file():
@@ -304,6 +343,8 @@ class Campaign:
                  for row in r.rows if row in DETECTOR_ROWS and row != "one-model"]
         self.run("tables", [sys.executable, str(Path(__file__).with_name("seed_compare.py")), "--dataset", r.kind,
                             "--eval", str(argmax), "--eval-recall", *[str(p) for p in gated if p.is_file()],
+                            *(["--bench", str(bench)] if (bench := self.out / "bench").joinpath("results.json").is_file()
+                              else []),
                             "--out", str(self.out / "seed_table.md"), "--json", str(self.out / "seed_table.json")])
 
     def __call__(self, until: str) -> None:

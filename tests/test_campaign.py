@@ -65,3 +65,15 @@ def test_the_demo_seed_is_reserved() -> None:
     from defectnet.demo import SEED
 
     assert SEED in campaign.RESERVED_SEEDS
+
+
+def test_seed_plan_benches_every_row_on_pytorch_and_the_fastest_engine(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [line for line in _plan(tmp_path, capsys, "--rows", "seed") if line.startswith("[bench]")]
+    out = tmp_path / "out"
+    rows = campaign.ROW_SETS["seed"]
+    builds = [line for line in lines if "defectnet-build-engine" in line]
+    assert len(builds) == len(rows) and all("--backend auto" in b for b in builds)
+    (bench,) = [line for line in lines if "defectnet-bench" in line]
+    assert all(f"--engine {out / f'stage2-{row}' / 'engine'} " in bench for row in rows)
+    assert "--backends torch,auto" in bench and "--target-recall 0.95" in bench and f"--out {out / 'bench'}" in bench
