@@ -28,8 +28,9 @@ The recipe that learns on a 2-core CPU (benchmarks/reference/README.md says why)
              the gate's ROC AUC and skip share at recall 0.95 barely moved, F1 down; the
              reference is packed from stage 2;
 6. eval      each gated DefectNet row exported and its gate threshold for recall 0.95 chosen on
-             the validation split (``defectnet-calibrate-gate``); ``defectnet-eval`` of every row
-             on the held-out test set, at argmax and at those thresholds;
+             the validation split (``defectnet-calibrate-gate``); ``defectnet-eval`` of every
+             finished row on the held-out test set, one JSON per row at argmax and one per gated
+             row at its threshold (``--stages eval,tables`` reports a campaign still training);
 7. bench     every row exported and built for the fastest CPU engine (``defectnet-build-engine
              --backend auto``: ONNX Runtime / OpenVINO per graph under the accuracy gate), then
              one ``defectnet-bench`` of all rows, PyTorch fp32 and that engine side by side on
@@ -68,6 +69,9 @@ STAGES = ("data", "stage1", "stage2", "twomodel", "gate", "eval", "bench", "pack
 DETECTOR_ROWS = ("one-model", "const", "linear", "inverse", "exponential")
 TWO_MODEL_ROWS = ("two-model-small", "two-model-large")
 ROW_SETS = {"reference": ("one-model", "const"), "seed": (*DETECTOR_ROWS, *TWO_MODEL_ROWS)}
+#: A campaign row -> its name in the seed's table (``defectnet-eval``'s model names).
+SEED_ROW_NAMES = {"one-model": "one-model", "two-model-small": "two-model_small", "two-model-large": "two-model_large",
+                  **{v: f"defectnet_{v}" for v in ("const", "linear", "inverse", "exponential")}}
 #: Seeds that training data must not use: the demo's data (``defectnet.demo.SEED``).
 RESERVED_SEEDS = (11,)
 
@@ -272,9 +276,21 @@ class Campaign:
                 self.run("gate", cmd)
             previous = self.round_dir(i)
 
+    def finished(self, run: Path) -> bool:
+        """Whether ``run`` finished training (in a dry run every run counts as finished)."""
+        return self.dry_run or (run / "run.json").is_file()
+
+    def progress(self, run: Path) -> str:
+        """Why ``run`` has no result yet: how far its training got."""
+        epochs = sorted(run.glob("**/checkpoints/epoch_*"))
+        return f"in training: epoch {int(epochs[-1].name.split('_')[-1])} saved" if epochs else "not trained yet"
+
     def step_eval(self) -> None:
+        """Every finished row on the held-out test set, one eval JSON per row at argmax and one per
+        gated row at its validated threshold. An unfinished row is skipped with a note (``--stages
+        eval,tables`` reports a campaign that is still training)."""
         r = self.recipe
-        gated = self.gated_runs()
+        gated = [(name, run) for name, run in self.gated_runs() if self.finished(run)]
         for _, run in gated:
             if (run / "gate_threshold.json").is_file():
                 continue
@@ -282,10 +298,13 @@ class Campaign:
             self.run("eval", [str(BIN / "defectnet-calibrate-gate"), "--engine", str(run / "engine"), "--data",
                               str(self.data), "--split", "test", "--target-recall", str(r.target_recall), "--json",
                               "--no-progress"], stdout=run / "gate_threshold.json")
-        runs = [str(self.run_dir(row)) for row in r.rows]
-        evals: list[tuple[Path, list[str], list[str]]] = [(self.out / "eval_holdout_argmax.json", runs, [])]
-        if r.gate_rounds:
-            evals.append((self.out / "eval_holdout_const-gate-rounds_argmax.json", [str(self.final_const())], []))
+        evals: list[tuple[Path, list[str], list[str]]] = []
+        for name, run in [(row, self.run_dir(row)) for row in r.rows] + [
+                ("const-gate-rounds", self.final_const())] * bool(r.gate_rounds):
+            if not self.finished(run):
+                print(f"[eval] {name}: {self.progress(run)}; not evaluated", flush=True)
+                continue
+            evals.append((self.out / f"eval_holdout_{name}_argmax.json", [str(run)], []))
         for row, run in gated:
             calibrated = run / "gate_threshold.json"
             if not calibrated.is_file():  # only in a dry run
@@ -309,6 +328,9 @@ class Campaign:
         r = self.recipe
         bench = self.out / "bench"
         if (bench / "results.json").is_file():
+            return
+        if unfinished := [row for row in r.rows if not self.finished(self.run_dir(row))]:
+            print(f"[bench] waits for every row to finish training ({', '.join(unfinished)} not yet)", flush=True)
             return
         threads = os.environ.get("BENCH_THREADS", "2")
         runs = [self.run_dir(row) for row in r.rows]
@@ -336,22 +358,25 @@ class Campaign:
         """The seed's table for this data set beside ours (``benchmarks/seed_compare.py``):
         ``OUT/seed_table.md`` and ``.json``, remade every time (it only reads)."""
         r = self.recipe
-        argmax = self.out / "eval_holdout_argmax.json"
-        if not argmax.is_file():
+        argmax = {row: self.out / f"eval_holdout_{row}_argmax.json" for row in r.rows}
+        if not argmax["one-model"].is_file():
             return
+        missing = [arg for row, path in argmax.items() if not path.is_file()
+                   for arg in ("--missing", f"{SEED_ROW_NAMES[row]}={self.progress(self.run_dir(row))}")]
         gated = [self.out / f"eval_holdout_{row}_recall{r.target_recall:g}.json"
                  for row in r.rows if row in DETECTOR_ROWS and row != "one-model"]
         self.run("tables", [sys.executable, str(Path(__file__).with_name("seed_compare.py")), "--dataset", r.kind,
-                            "--eval", str(argmax), "--eval-recall", *[str(p) for p in gated if p.is_file()],
+                            "--eval", *[str(p) for p in argmax.values() if p.is_file()], *missing,
+                            "--eval-recall", *[str(p) for p in gated if p.is_file()],
                             *(["--bench", str(bench)] if (bench := self.out / "bench").joinpath("results.json").is_file()
                               else []),
                             "--out", str(self.out / "seed_table.md"), "--json", str(self.out / "seed_table.json")])
 
-    def __call__(self, until: str) -> None:
+    def __call__(self, stages: Sequence[str] = STAGES) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.dry_run:
             (self.out / "campaign.json").write_text(json.dumps(asdict(self.recipe), indent=2) + "\n")
-        for stage in STAGES[: STAGES.index(until) + 1]:
+        for stage in stages:
             getattr(self, f"step_{stage}")()
 
 
@@ -362,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", choices=sorted(ROW_SETS), default="reference",
                         help="reference: one-model + const; seed: the seed table's seven rows")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1])
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated stages to run, e.g. eval,tables to report a campaign that is still "
+                             "training (unfinished rows are listed with their progress) [default: all up to --until]")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--gate-rounds", action="store_true",
                         help="reference rows: also fine-tune const in gate rounds on fresh data (an experiment; "
@@ -378,7 +406,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     rounds = REFERENCE_GATE_ROUNDS if args.gate_rounds else ()
     recipe = Recipe(kind=args.kind, rows=ROW_SETS[args.rows], images=args.images, stage1_epochs=args.stage1_epochs,
                     stage2_epochs=args.stage2_epochs, parallel=args.parallel, scale=scale, gate_rounds=rounds)
-    Campaign(args.out, recipe, args.dry_run)(args.until)
+    stages = STAGES[: STAGES.index(args.until) + 1]
+    if args.stages:
+        chosen = args.stages.split(",")
+        if unknown := sorted(set(chosen) - set(STAGES)):
+            parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+        stages = tuple(s for s in STAGES if s in chosen)
+    Campaign(args.out, recipe, args.dry_run)(stages)
 
 
 if __name__ == "__main__":

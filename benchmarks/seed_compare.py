@@ -10,8 +10,8 @@ ratio to the one-model row of the same table: mAP ratio (row / one-model), F1 di
 (row - one-model) and ATT ratio (row / one-model; below 1 is faster). The seed's own ratios
 are computed the same way from its published numbers (:data:`SEED`).
 
-Inputs: ``--eval`` a ``defectnet-eval`` JSON with the rows at argmax (the campaign's
-``eval_holdout_argmax.json``); ``--eval-recall`` per gated row the ``defectnet-eval`` JSON at
+Inputs: ``--eval`` ``defectnet-eval`` JSONs with the rows at argmax (the campaign's
+``eval_holdout_ROW_argmax.json``, one per row); ``--eval-recall`` per gated row the ``defectnet-eval`` JSON at
 the threshold chosen on validation images for gate recall 0.95; ``--bench`` optionally a
 ``defectnet-bench`` folder, whose PyTorch fp32 and fastest-backend ATT per row are added.
 A seed row that the inputs lack is still printed, with the reason from ``--missing`` (or
@@ -127,6 +127,8 @@ def build_rows(dataset: str, argmax: Sequence[Mapping[str, Any]], at_recall: Seq
     if dataset not in SEED:
         raise SystemExit(f"unknown dataset {dataset!r}; use one of {sorted(SEED)}")
     by_model = {r["model"]: r for r in argmax}
+    if len(by_model) != len(argmax):
+        raise SystemExit(f"the argmax evals hold a row twice ({[r['model'] for r in argmax]}); pass each row once")
     unknown = sorted(set(by_model) - set(ROWS))
     if unknown:
         raise SystemExit(f"eval rows {unknown} are not seed rows {ROWS}")
@@ -202,7 +204,8 @@ def markdown(dataset: str, rows: Sequence[Row]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(SEED), required=True, help="which seed table")
-    parser.add_argument("--eval", type=Path, required=True, help="defectnet-eval JSON of the rows at argmax")
+    parser.add_argument("--eval", type=Path, nargs="+", required=True,
+                        help="defectnet-eval JSONs of the rows at argmax (one file or one per row)")
     parser.add_argument("--eval-recall", type=Path, nargs="*", default=[],
                         help="defectnet-eval JSONs of gated rows at their validated threshold")
     parser.add_argument("--bench", type=Path, default=None, help="a defectnet-bench output folder")
@@ -217,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep or row not in ROWS:
             parser.error(f"--missing takes ROW=REASON with ROW one of {ROWS}, got {item!r}")
         missing[row] = reason
-    rows = build_rows(args.dataset, _results(args.eval), [r for p in args.eval_recall for r in _results(p)],
+    rows = build_rows(args.dataset, [r for p in args.eval for r in _results(p)],
+                      [r for p in args.eval_recall for r in _results(p)],
                       _bench_att(args.bench) if args.bench else None, missing)
     text = markdown(args.dataset, rows)
     if args.out is None:

@@ -77,3 +77,25 @@ def test_seed_plan_benches_every_row_on_pytorch_and_the_fastest_engine(tmp_path:
     (bench,) = [line for line in lines if "defectnet-bench" in line]
     assert all(f"--engine {out / f'stage2-{row}' / 'engine'} " in bench for row in rows)
     assert "--backends torch,auto" in bench and "--target-recall 0.95" in bench and f"--out {out / 'bench'}" in bench
+
+
+def test_a_campaign_still_training_reports_its_finished_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    c = campaign.Campaign(out, campaign.Recipe(rows=campaign.ROW_SETS["seed"]))
+    for row in ("one-model", "const"):
+        (c.run_dir(row)).mkdir(parents=True)
+        (c.run_dir(row) / "run.json").write_text("{}")
+        (c.run_dir(row) / "gate_threshold.json").write_text('{"threshold": 0.02}')
+        (out / f"eval_holdout_{row}_argmax.json").write_text("{}")
+    (c.run_dir("linear") / "checkpoints" / "epoch_0003").mkdir(parents=True)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(c, "run", lambda step, *commands, **kw: calls.extend(commands))
+    c(("eval", "bench", "tables"))
+    evals = [" ".join(cmd) for cmd in calls if "defectnet-eval" in cmd[0]]
+    # argmax evals exist for the finished rows; only const at its validated threshold is left
+    assert len(evals) == 1 and "stage2-const --data" in evals[0] and "--gate-threshold 0.02" in evals[0]
+    assert not [cmd for cmd in calls if "defectnet-bench" in cmd[0]]  # the bench waits for every row
+    (tables,) = [" ".join(cmd) for cmd in calls if "seed_compare.py" in " ".join(cmd)]
+    assert "--missing defectnet_linear=in training: epoch 3 saved" in tables
+    assert "--missing two-model_small=not trained yet" in tables
+    assert str(out / "eval_holdout_one-model_argmax.json") in tables
