@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check defectnet tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy defectnet
+	$(BIN)/mypy defectnet benchmarks
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q

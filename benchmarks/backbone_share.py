@@ -20,6 +20,7 @@ import torch
 from defectnet.data.coco import collate, load_split
 from defectnet.evaluation.compute import path_cost
 from defectnet.io import atomic_write_json
+from defectnet.model import DefectNet
 from defectnet.train import load_run
 
 
@@ -30,6 +31,8 @@ from defectnet.train import load_run
 @click.option("--repeats", default=10, show_default=True, help="Timed calls per path (interleaved).")
 def main(run_dir: Path, data_dir: Path, out: Path | None, repeats: int) -> None:
     model, info = load_run(run_dir)
+    if not isinstance(model, DefectNet) or model.gate is None:
+        raise click.UsageError(f"{run_dir} is not a DefectNet run (no gate): the normal path needs one")
     train_scale = tuple(info.train_config.get("scale", (1333, 800)))
     rows = []
     for scale in dict.fromkeys([train_scale, (1333, 800)]):

@@ -67,7 +67,7 @@ def make(root: Path, images: int, size: str) -> None:
     cfg = ModelConfig.preset("compact", num_classes=ds.num_classes, backbone="resnet18", **extra)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        p = [float(model.features(ds[i].image[None].float(), [tuple(ds[i].image.shape[-2:])])[0])
+        p = [float(model.features(ds[i].image[None].float(), [(int(ds[i].image.shape[-2]), int(ds[i].image.shape[-1]))])[0])
              for i in range(len(ds))]
     torch.manual_seed(0)  # the same weights again, with the threshold
     model = build_model(cfg.replace(gate_threshold=statistics.median(p))).eval()
@@ -89,12 +89,15 @@ def measure(run: Path, data: Path, threads: int, warmup: int, rounds: int, gate_
     from defectnet.data.image_io import read_image
     from defectnet.data.transforms import Preprocessor
     from defectnet.evaluation.evaluate import _run_model, warmup_indices
+    from defectnet.model import DefectNet
     from defectnet.runtime import Pipeline
     from defectnet.runtime.backends import BackendOptions, make_backend
     from defectnet.runtime.types import EngineKind
     from defectnet.train.checkpoint import load_run
 
     model, info = load_run(run, "cpu")
+    if not isinstance(model, DefectNet):
+        raise SystemExit(f"{run} is not a DefectNet or one-model run; eval_vs_bench compares their paths")
     threshold = float(model.config.gate_threshold) if gate_threshold is None else gate_threshold
     scale = tuple(info.train_config["scale"])
     dataset = load_split(data, "test", scale=scale, train=False)

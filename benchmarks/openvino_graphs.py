@@ -47,7 +47,7 @@ from defectnet.model import DefectNet, ModelConfig
 from defectnet.model_source import ModelSource
 from defectnet.runtime import load_engine
 from defectnet.runtime.backends import BackendOptions, make_backend
-from defectnet.runtime.types import Precision
+from defectnet.runtime.types import BackendName, Precision
 
 FABRIC_SIZE = (2446, 1000)  # (width, height) of the fabric images
 
@@ -144,7 +144,7 @@ def main(out: Path, scales: str, repeat: int, threads: int, calib_size: int, wor
         tmp = work / f"candidates-{scale[0]}x{scale[1]}"
         tmp.mkdir(exist_ok=True)
         prepared = {g: optimize_basic(p, tmp / f"{g}.fp32.onnx") for g, p in src.graphs.items()}
-        options = BuildOptions(precision=None, backend="auto", data_dir=data, calib_size=calib_size, threads=threads,
+        options = BuildOptions(precision=None, backend=BackendName.AUTO, data_dir=data, calib_size=calib_size, threads=threads,
                                log=lambda m: click.echo(m, err=True))
         candidates, blocks = make_candidates(src, prepared, options, tmp)
         inputs = timing_inputs(src, options)

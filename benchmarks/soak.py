@@ -58,6 +58,7 @@ def make_tiny_engine(out: Path, scale: tuple[int, int]) -> Path:
     model = build_model(cfg).eval()
     with torch.no_grad():
         for head in model.roi_heads.heads:
+            assert isinstance(head.cls_score, torch.nn.Linear)
             head.cls_score.weight.normal_(0, 0.3)
         assert model.gate is not None
         model.gate.fc.weight.normal_(0, 0.01)
