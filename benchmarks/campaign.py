@@ -229,7 +229,8 @@ class Campaign:
     def _gate_period(self, row: str) -> list[str]:
         """The decaying gate-loss schedules (linear, inverse, exponential) stretched over the run
         as the LR steps are: the original's w(n) over 12 epochs becomes w(n * 12 / epochs), so the
-        weight falls from w0 to the same final value (linear: 1 -> 1/12 instead of below 0)."""
+        weight follows the original's curve over the longer run (linear: 1 - n/32, ending at 1/32 where
+        the original's 12 epochs end at 1/12, instead of turning negative after epoch 12)."""
         if row not in ("linear", "inverse", "exponential") or self.recipe.stage2_epochs == REFERENCE_EPOCHS:
             return []
         return ["--gate-period", f"{self.recipe.stage2_epochs / REFERENCE_EPOCHS:.6g}"]
