@@ -13,7 +13,9 @@ are computed the same way from its published numbers (:data:`SEED`).
 Inputs: ``--eval`` ``defectnet-eval`` JSONs with the rows at argmax (the campaign's
 ``eval_holdout_ROW_argmax.json``, one per row); ``--eval-recall`` per gated row the ``defectnet-eval`` JSON at
 the threshold chosen on validation images for gate recall 0.95; ``--bench`` optionally a
-``defectnet-bench`` folder, whose PyTorch fp32 and fastest-backend ATT per row are added.
+``defectnet-bench`` folder (the campaign's ``bench`` stage): per row its PyTorch fp32 ATT and
+ratio to the one-model's, and its fastest CPU engine's ATT and speed-up, timed side by side on
+an idle machine (the eval ATT of the main table is one sequential pass per row).
 A seed row that the inputs lack is still printed, with the reason from ``--missing`` (or
 "no run in the inputs"), so a table never silently drops a row.
 """
@@ -108,19 +110,32 @@ def _normal_skipped(r: Mapping[str, Any]) -> float | None:
     return sum(not x for x in ran) / len(ran) if ran else None
 
 
-def _bench_att(bench_dir: Path) -> dict[str, dict[str, float]]:
-    """row name -> backend label -> ATT (gate-on cases only)."""
+def _bench_att(bench_dir: Path) -> dict[str, dict[str, Any]]:
+    """row name -> its bench numbers (gate-on cases only; gated rows at the bench's operating
+    point): PyTorch fp32 ATT and its ratio to the one-model's, and the fastest other engine
+    with its ATT and speed-up against PyTorch one-model (all timed side by side in one run)."""
     data = json.loads((bench_dir / "results.json").read_text())
-    out: dict[str, dict[str, float]] = {}
-    for c in data["cases"]:
-        if c.get("gate_off"):
-            continue
-        out.setdefault(c["metrics"]["model"], {})[c["label"]] = float(c["metrics"]["att_ms"])
+    cases = [c for c in data["cases"] if not c.get("gate_off")]
+    torch_att = {c["metrics"]["model"]: float(c["metrics"]["att_ms"]) for c in cases if c["label"] == "torch fp32"}
+    one = torch_att.get("one-model")
+    out: dict[str, dict[str, Any]] = {}
+    for c in cases:
+        m = c["metrics"]
+        row = out.setdefault(m["model"], {"torch_att_ms": torch_att.get(m["model"]), "torch_att_ratio": None,
+                                          "fastest": None, "fastest_att_ms": None, "fastest_speedup": None,
+                                          "gate_recall": None, "normal_skipped": None})
+        if one and row["torch_att_ms"] is not None:
+            row["torch_att_ratio"] = row["torch_att_ms"] / one
+        if c["label"] != "torch fp32" and (row["fastest_att_ms"] is None or m["att_ms"] < row["fastest_att_ms"]):
+            gated = m.get("gate_recall") is not None
+            row.update(fastest=c["label"], fastest_att_ms=float(m["att_ms"]),
+                       fastest_speedup=one / float(m["att_ms"]) if one else None, gate_recall=m.get("gate_recall"),
+                       normal_skipped=c.get("normal_skipped") if gated else None)
     return out
 
 
 def build_rows(dataset: str, argmax: Sequence[Mapping[str, Any]], at_recall: Sequence[Mapping[str, Any]] = (),
-               bench: Mapping[str, Mapping[str, float]] | None = None,
+               bench: Mapping[str, Mapping[str, Any]] | None = None,
                missing: Mapping[str, str] | None = None) -> list[Row]:
     """The seven rows of ``dataset``'s seed table, filled from eval results (dicts as in
     ``defectnet-eval``'s JSON ``results``)."""
@@ -193,11 +208,17 @@ def markdown(dataset: str, rows: Sequence[Row]) -> str:
                          f"{_f(q['F1_diff'], '+.3f')} | {_f(q['ATT_ratio'], '.2f')} |")
     benched = [r for r in rows if r.bench]
     if benched:
-        labels = sorted({label for r in benched for label in (r.bench or {})})
-        lines += ["", "ATT(MS) in the bench (gate-on cases):", "", "| Model | " + " | ".join(labels) + " |",
-                  "|---|" + "|".join(":---:" for _ in labels) + "|"]
+        lines += ["", "Speed in one `defectnet-bench` run (every row side by side on the same images; gated rows at "
+                  "the bench's validated operating point, gate on):", "",
+                  "| Model | PyTorch fp32 ATT(MS) | ATT ratio | fastest CPU engine | its ATT(MS) | speed-up vs PyTorch "
+                  "one-model | its gate recall | its normals skipped |", "|---|:---:|:---:|---|:---:|:---:|:---:|:---:|"]
         for r in benched:
-            lines.append(f"| {r.model} | " + " | ".join(_f((r.bench or {}).get(x), ".1f") for x in labels) + " |")
+            b = r.bench or {}
+            skipped = "-" if b.get("normal_skipped") is None else f"{100 * b['normal_skipped']:.1f} %"
+            speedup = "-" if b.get("fastest_speedup") is None else f"{b['fastest_speedup']:.2f}x"
+            lines.append(f"| {r.model} | {_f(b.get('torch_att_ms'), '.1f')} | {_f(b.get('torch_att_ratio'), '.2f')} | "
+                         f"{b.get('fastest') or '-'} | {_f(b.get('fastest_att_ms'), '.1f')} | {speedup} | "
+                         f"{_f(b.get('gate_recall'))} | {skipped} |")
     return "\n".join(lines) + "\n"
 
 

@@ -55,3 +55,27 @@ def test_cli_writes_markdown_and_json_with_its_command(tmp_path: Path) -> None:
         seed_compare.build_rows("fabric", [_result("bogus", 0.1, 0.1, 1.0)])
     with pytest.raises(SystemExit):
         seed_compare.main(["--dataset", "fabric", "--eval", str(ev), "--missing", "nope"])
+
+
+def test_bench_gives_pytorch_ratio_and_fastest_engine(tmp_path: Path) -> None:
+    def case(label: str, model: str, att: float, gate_off: bool = False, recall: float | None = None,
+             skipped: float = 0.0) -> dict[str, Any]:
+        return {"label": label, "gate_off": gate_off, "normal_skipped": skipped,
+                "metrics": {"model": model, "att_ms": att, "gate_recall": recall}}
+
+    cases = [case("torch fp32", "one-model", 100.0), case("openvino int8", "one-model", 40.0),
+             case("torch fp32", "defectnet_const (gate off)", 101.0, gate_off=True),
+             case("torch fp32", "defectnet_const", 80.0, recall=0.97, skipped=0.4),
+             case("openvino int8", "defectnet_const (gate off)", 20.0, gate_off=True),
+             case("openvino int8", "defectnet_const", 30.0, recall=0.96, skipped=0.5),
+             case("onnxruntime int8", "defectnet_const", 35.0, recall=0.99, skipped=0.3)]
+    (tmp_path / "results.json").write_text(json.dumps({"cases": cases}))
+    bench = seed_compare._bench_att(tmp_path)
+    const = bench["defectnet_const"]
+    assert const["torch_att_ratio"] == pytest.approx(0.8) and const["fastest"] == "openvino int8"
+    assert const["fastest_speedup"] == pytest.approx(100 / 30) and const["gate_recall"] == 0.96  # the gate-off twin is not a row
+    assert const["normal_skipped"] == 0.5 and bench["one-model"]["normal_skipped"] is None
+    rows = seed_compare.build_rows("fabric", [_result("one-model", 0.5, 0.8, 100.0),
+                                              _result("defectnet_const", 0.5, 0.9, 80.0)], bench=bench)
+    text = seed_compare.markdown("fabric", rows)
+    assert "| defectnet_const | 80.0 | 0.80 | openvino int8 | 30.0 | 3.33x | 0.960 | 50.0 % |" in text
