@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from defectnet.data.transforms import Preprocessor
@@ -54,19 +55,35 @@ DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "count")
 class Engine:
     """A validated engine folder.
 
-    kind: what the graphs run. graphs: graph name -> file path (the graphs the kind needs).
-    preprocessor: the :class:`Preprocessor` the graphs were exported for (the runtime uses
-    exactly it). manifest: the typed ``manifest.json`` (:class:`~defectnet.runtime.manifest.Manifest`).
+    graphs: graph name -> file path (the graphs the kind needs). manifest: the typed
+    ``manifest.json`` (:class:`~defectnet.runtime.manifest.Manifest`); kind, class names, gate
+    threshold and detections per image are read from it, and :attr:`preprocessor` is the
+    :class:`Preprocessor` the graphs were exported for (the runtime uses exactly it).
     """
 
     root: Path
-    kind: EngineKind
     graphs: Mapping[str, Path]
-    class_names: tuple[str, ...]
-    gate_threshold: float
-    preprocessor: Preprocessor
-    detections_per_img: int
     manifest: Manifest
+
+    @property
+    def kind(self) -> EngineKind:
+        return self.manifest.kind
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    @property
+    def gate_threshold(self) -> float:
+        return self.manifest.gate_threshold
+
+    @property
+    def detections_per_img(self) -> int:
+        return self.manifest.detections_per_img
+
+    @cached_property
+    def preprocessor(self) -> Preprocessor:
+        return self.manifest.preprocessing.preprocessor()
 
     @property
     def has_classifier(self) -> bool:
@@ -120,8 +137,7 @@ def engine_from_manifest(root: str | os.PathLike[str], manifest: Manifest, *,
                               f"{MANIFEST_FILE}; the file is corrupt or was replaced (a partial copy?) — copy "
                               "the folder again or " + reexport_hint(root))
         graphs[name] = path
-    return Engine(root, manifest.kind, graphs, manifest.class_names, manifest.gate_threshold,
-                  manifest.preprocessing.preprocessor(), manifest.detections_per_img, manifest)
+    return Engine(root, graphs, manifest)
 
 
 __all__ = ["CLASSIFIER", "DETECTOR", "ENGINE_FORMAT", "Engine", "GATE", "GRAPH_FILES", "MANIFEST_FILE",
