@@ -38,6 +38,20 @@ def test_demo_runs_every_stage_end_to_end(tmp_path: Path) -> None:
     for b, e in zip(summary["backends"], effects, strict=True):
         assert b["att_gate_off_ms"] == e.att_gate_off_ms and b["gate_speedup"] == pytest.approx(e.speedup)
         assert f"{e.backend}" in result.output and f"gate on {e.att_gate_on_ms:.1f} ms" in result.output
+        assert e.skip_ceiling is not None and 0.0 <= e.skip_ceiling <= 1.0
+        if e.gate_recall is not None and e.gate_recall >= 0.95 and e.normal_skipped is not None:
+            assert e.normal_skipped <= e.skip_ceiling + 1e-9  # no threshold at that recall skips more
+
+
+def test_skip_ceiling_is_the_best_threshold_at_the_target_recall() -> None:
+    from defectnet.demo import _skip_ceiling
+
+    # 20 defective images (P 0.50..0.97), 4 normal (P 0.1, 0.3, 0.6, 0.9): recall >= 0.95 keeps
+    # 19 of 20, so the threshold sits between the two lowest defective P (0.50, 0.525)
+    defective_p = [0.5 + 0.025 * k for k in range(20)]
+    per_image = {"p_defective": defective_p + [0.1, 0.3, 0.6, 0.9], "defective": [True] * 20 + [False] * 4}
+    assert _skip_ceiling(per_image) == pytest.approx(0.5)
+    assert _skip_ceiling({"defective": [True]}) is None
 
 
 def test_a_missing_reference_says_how_to_get_it(tmp_path: Path) -> None:
