@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from defectnet.train.config import Variant
 from defectnet.train.schedules import REFERENCE_EPOCHS
 
 BIN = Path(sys.executable).parent
@@ -69,9 +70,6 @@ STAGES = ("data", "stage1", "stage2", "twomodel", "gate", "eval", "bench", "pack
 DETECTOR_ROWS = ("one-model", "const", "linear", "inverse", "exponential")
 TWO_MODEL_ROWS = ("two-model-small", "two-model-large")
 ROW_SETS = {"reference": ("one-model", "const"), "seed": (*DETECTOR_ROWS, *TWO_MODEL_ROWS)}
-#: A campaign row -> its name in the seed's table (``defectnet-eval``'s model names).
-SEED_ROW_NAMES = {"one-model": "one-model", "two-model-small": "two-model_small", "two-model-large": "two-model_large",
-                  **{v: f"defectnet_{v}" for v in ("const", "linear", "inverse", "exponential")}}
 #: Seeds that training data must not use: the demo's data (``defectnet.demo.SEED``).
 RESERVED_SEEDS = (11,)
 
@@ -300,8 +298,10 @@ class Campaign:
                               str(self.data), "--split", "test", "--target-recall", str(r.target_recall), "--json",
                               "--no-progress"], stdout=run / "gate_threshold.json")
         evals: list[tuple[Path, list[str], list[str]]] = []
-        for name, run in [(row, self.run_dir(row)) for row in r.rows] + [
-                ("const-gate-rounds", self.final_const())] * bool(r.gate_rounds):
+        runs = [(row, self.run_dir(row)) for row in r.rows]
+        if r.gate_rounds:
+            runs.append(("const-gate-rounds", self.final_const()))
+        for name, run in runs:
             if not self.finished(run):
                 print(f"[eval] {name}: {self.progress(run)}; not evaluated", flush=True)
                 continue
@@ -363,7 +363,7 @@ class Campaign:
         if not argmax["one-model"].is_file():
             return
         missing = [arg for row, path in argmax.items() if not path.is_file()
-                   for arg in ("--missing", f"{SEED_ROW_NAMES[row]}={self.progress(self.run_dir(row))}")]
+                   for arg in ("--missing", f"{Variant(row).table_name}={self.progress(self.run_dir(row))}")]
         gated = [self.out / f"eval_holdout_{row}_recall{r.target_recall:g}.json"
                  for row in r.rows if row in DETECTOR_ROWS and row != "one-model"]
         self.run("tables", [sys.executable, str(Path(__file__).with_name("seed_compare.py")), "--dataset", r.kind,

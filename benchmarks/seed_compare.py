@@ -121,11 +121,11 @@ def _bench_att(bench_dir: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for c in cases:
         m = c["metrics"]
-        row = out.setdefault(m["model"], {"torch_att_ms": torch_att.get(m["model"]), "torch_att_ratio": None,
-                                          "fastest": None, "fastest_att_ms": None, "fastest_speedup": None,
-                                          "gate_recall": None, "normal_skipped": None})
-        if one and row["torch_att_ms"] is not None:
-            row["torch_att_ratio"] = row["torch_att_ms"] / one
+        if (row := out.get(m["model"])) is None:
+            att = torch_att.get(m["model"])
+            row = out[m["model"]] = {"torch_att_ms": att, "torch_att_ratio": att / one if one and att is not None else None,
+                                     "fastest": None, "fastest_att_ms": None, "fastest_speedup": None,
+                                     "gate_recall": None, "normal_skipped": None}
         if c["label"] != "torch fp32" and (row["fastest_att_ms"] is None or m["att_ms"] < row["fastest_att_ms"]):
             gated = m.get("gate_recall") is not None
             row.update(fastest=c["label"], fastest_att_ms=float(m["att_ms"]),
