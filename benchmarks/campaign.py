@@ -114,6 +114,8 @@ class Recipe:
     stage2_epochs: int = 32
     threads: int = 1                # per training process
     parallel: int = 2               # training processes side by side
+    device: str = "cpu"             # training and eval device: cpu or cuda[:N] (a lent GPU machine)
+    workers: int = 0                # DataLoader worker processes per training process
     target_recall: float = 0.95
     bench_images: int = 300         # held-out images the bench measures
     bench_normal_share: float = 0.45
@@ -121,8 +123,10 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if min(self.images, self.holdout_images, self.stage1_epochs, self.stage2_epochs, self.threads,
-               self.parallel) < 1:
-            raise ValueError(f"image counts, epochs, threads and parallel must be >= 1: {self}")
+               self.parallel) < 1 or self.workers < 0:
+            raise ValueError(f"image counts, epochs, threads and parallel must be >= 1 and workers >= 0: {self}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.seed == self.holdout_seed:
             raise ValueError("the held-out test set needs a seed that no training data uses")
         unknown = set(self.rows) - set(ROW_SETS["seed"])
@@ -219,10 +223,16 @@ class Campaign:
         cmd = [str(BIN / "defectnet-train"), "--model", model, "--data", str(data or self.data), "--out", str(out),
                "--backbone", r.backbone, "--preset", r.preset, "--scale", r.scale, "--batch-size",
                str(r.batch_size), "--lr", f"{lr or r.lr:g}", "--epochs", str(epochs), "--seed", str(r.seed),
-               "--no-progress", *extra]
+               "--no-progress", *self._device_args(), *extra]
+        if r.workers:
+            cmd += ["--workers", str(r.workers)]
         if any(p.is_dir() for p in (out / "checkpoints", out / "classifier" / "checkpoints")):
             cmd.append("--resume")
         return cmd
+
+    def _device_args(self) -> list[str]:
+        """``--device`` for training and eval commands, only off the CPU default."""
+        return [] if self.recipe.device == "cpu" else ["--device", self.recipe.device]
 
     def _gate_period(self, row: str) -> list[str]:
         """The decaying gate-loss schedules (linear, inverse, exponential) stretched over the run
@@ -316,7 +326,7 @@ class Campaign:
         for result, rows, extra in evals:
             if not result.is_file():
                 self.run("eval", [str(BIN / "defectnet-eval"), *rows, "--data", str(self.holdout), "--out",
-                                  str(result), "--no-progress", *extra])
+                                  str(result), "--no-progress", *self._device_args(), *extra])
 
     def _export(self, step: str, run: Path) -> None:
         if not (run / "engine" / "manifest.json").is_file():
@@ -400,13 +410,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=Recipe.images)
     parser.add_argument("--parallel", type=int, default=Recipe.parallel)
     parser.add_argument("--scale", default=None, help="train scale [default: fabric 640x256, bottle 512x384]")
+    parser.add_argument("--threads", type=int, default=Recipe.threads, help="threads per training process")
+    parser.add_argument("--device", default=Recipe.device,
+                        help="training and eval device, e.g. cuda on a GPU machine (the bench stays on CPU engines)")
+    parser.add_argument("--workers", type=int, default=Recipe.workers,
+                        help="DataLoader workers per training process (useful with --device cuda)")
     args = parser.parse_args(argv)
     scale = args.scale or ("640x256" if args.kind == "fabric" else "512x384")
     if args.gate_rounds and args.rows != "reference":
         parser.error("--gate-rounds fine-tunes the reference const: use it with --rows reference")
     rounds = REFERENCE_GATE_ROUNDS if args.gate_rounds else ()
     recipe = Recipe(kind=args.kind, rows=ROW_SETS[args.rows], images=args.images, stage1_epochs=args.stage1_epochs,
-                    stage2_epochs=args.stage2_epochs, parallel=args.parallel, scale=scale, gate_rounds=rounds)
+                    stage2_epochs=args.stage2_epochs, parallel=args.parallel, scale=scale, gate_rounds=rounds,
+                    threads=args.threads, device=args.device, workers=args.workers)
     stages = STAGES[: STAGES.index(args.until) + 1]
     if args.stages:
         chosen = args.stages.split(",")

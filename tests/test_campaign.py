@@ -43,6 +43,25 @@ def test_by_default_stage_two_const_is_packed(tmp_path: Path, capsys: pytest.Cap
     assert f"defectnet-pack-run {tmp_path / 'out' / 'stage2-const'} " in pack
 
 
+def test_a_gpu_campaign_trains_and_evaluates_on_the_device(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _plan(tmp_path, capsys, "--rows", "seed", "--device", "cuda", "--workers", "4")
+    trains = [line for line in lines if "defectnet-train" in line]
+    evals = [line for line in lines if line.startswith("[eval]") and "defectnet-eval" in line]
+    assert len(trains) == 8 and evals  # stage 1 and the seven rows
+    assert all("--device cuda" in line and "--workers 4" in line for line in trains)
+    assert all("--device cuda" in line for line in evals)
+    bench = next(line for line in lines if "defectnet-bench" in line)
+    assert "--device" not in bench  # the bench measures CPU engines
+    assert not [line for line in _plan(tmp_path, capsys) if "--device" in line or "--workers" in line]
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda0", ""])
+def test_the_device_is_checked(name: str) -> None:
+    with pytest.raises(ValueError, match="device must be"):
+        campaign.Recipe(device=name)
+
+
 @pytest.mark.parametrize("seeds", [(21, 21), (0,), (7,), (11,)])
 def test_gate_rounds_need_fresh_seeds(seeds: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="fresh data seed"):
