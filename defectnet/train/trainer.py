@@ -239,7 +239,11 @@ def fit(stage: Stage, cfg: TrainConfig, stage_dir: Path, model_io: ck.ModelIO, *
         loader = DataLoader(data, batch_size=cfg.batch_size, sampler=RandomSampler(data, generator=shuffle),
                             collate_fn=stage.collate, num_workers=cfg.workers,
                             generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda",
+                            # Workers start from a clean server process, not a fork of this one:
+                            # forking a process whose runtimes (OpenMP, ONNX Runtime, OpenVINO)
+                            # already run threads can crash the child.
+                            multiprocessing_context="forkserver" if cfg.workers else None)
         model.train()
         sums: dict[str, float] = {}
         count = 0
