@@ -31,13 +31,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from defectnet.errors import ConfigError
+from defectnet.runtime.inspection.counts import RecordCounts
 from defectnet.runtime.inspection.record_log import RecordLog
 from defectnet.runtime.inspection.records import InspectionResult
 from defectnet.runtime.inspection.validation import InputError, Reason, read_input_file
@@ -171,49 +172,25 @@ def _reason(record: dict[str, Any]) -> str | None:
 
 
 @dataclass
-class ClientSummary:
-    """What :func:`run_client` did: inputs; skipped (already in OUT); records written now by
-    verdict and error reason; unfinished (interrupted); wall_s."""
+class ClientSummary(RecordCounts):
+    """What :func:`run_client` did (:class:`~defectnet.runtime.inspection.counts.RecordCounts`,
+    counted from the records it wrote), with wall_s: the run's wall-clock time."""
 
-    inputs: int = 0
-    skipped: int = 0
-    verdicts: Counter[str] = field(default_factory=Counter)
-    errors_by_reason: Counter[str] = field(default_factory=Counter)
-    ran_detector: int = 0
-    unfinished: int = 0
     wall_s: float = 0.0
 
-    @property
-    def records(self) -> int:
-        return sum(self.verdicts.values())
-
     def add(self, record: dict[str, Any]) -> None:
-        self.verdicts[str(record.get("verdict"))] += 1
-        if record.get("verdict") == Verdict.ERROR:
-            self.errors_by_reason[str(_reason(record))] += 1
-        self.ran_detector += bool(record.get("ran_detector"))
+        self.count(str(record.get("verdict")), _reason(record), bool(record.get("ran_detector")))
 
     def to_json(self) -> dict[str, Any]:
-        images = self.verdicts[Verdict.OK] + self.verdicts[Verdict.NG]
-        return {"inputs": self.inputs, "skipped": self.skipped, "records": self.records, "ok": self.verdicts[Verdict.OK],
-                "ng": self.verdicts[Verdict.NG], "errors": self.verdicts[Verdict.ERROR],
-                "errors_by_reason": dict(sorted(self.errors_by_reason.items())), "unfinished": self.unfinished,
-                "gate_pass_rate": self.ran_detector / images if images else None,
-                "records_per_s": self.records / self.wall_s if self.wall_s else None}
+        return {**super().to_json(), "records_per_s": self.records / self.wall_s if self.wall_s else None}
 
     def text(self) -> str:
         s = self.to_json()
-        by_reason = ", ".join(f"{k} {v}" for k, v in s["errors_by_reason"].items())
-        lines = [f"inputs {s['inputs']}: {s['ok']} OK, {s['ng']} NG, {s['errors']} errors"
-                 + (f" ({by_reason})" if by_reason else "")
-                 + (f", {s['skipped']} already recorded (skipped)" if s["skipped"] else "")]
+        lines = [self.headline()]
         if s["records_per_s"]:
             lines.append(f"{s['records']} records in {self.wall_s:.1f} s ({s['records_per_s']:.1f}/s)"
                          + (f", gate pass rate {s['gate_pass_rate']:.3f}" if s["gate_pass_rate"] is not None else ""))
-        if self.unfinished:
-            lines.append(f"interrupted: {self.unfinished} inputs have no record yet; run the same command again to "
-                         "resume")
-        return "\n".join(lines)
+        return "\n".join(lines + self.unfinished_line())
 
 
 def run_client(url: str | ServeClient, inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,

@@ -34,15 +34,15 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from defectnet.errors import DataError
+from defectnet.runtime.inspection.counts import RecordCounts
 from defectnet.runtime.inspection.folders import IMAGE_SUFFIXES, walk_image_entries
 from defectnet.runtime.inspection.record_log import RecordLog
 from defectnet.runtime.inspection.records import InspectionResult
@@ -109,65 +109,34 @@ def annotated_names(inputs: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass
-class Summary:
-    """What a batch run did. inputs: all inputs; skipped: already recorded in OUT before this
-    run; images / ok / ng: records with a verdict written now; errors_by_reason: error records
-    written now; unfinished: inputs left without a record (an interrupted run)."""
+class Summary(RecordCounts):
+    """What a batch run did (:class:`~defectnet.runtime.inspection.counts.RecordCounts`), with
+    model_ms: the summed model time per image of the images recorded now; wall_ms: the run's
+    wall-clock time."""
 
-    inputs: int = 0
-    skipped: int = 0
-    images: int = 0
-    ok: int = 0
-    ng: int = 0
-    detector_runs: int = 0
-    errors_by_reason: Counter[str] = field(default_factory=Counter)
-    unfinished: int = 0
     model_ms: float = 0.0
     wall_ms: float = 0.0
 
-    @property
-    def errors(self) -> int:
-        return sum(self.errors_by_reason.values())
-
-    @property
-    def records(self) -> int:
-        """Records written by this run."""
-        return self.images + self.errors
-
     def add(self, result: InspectionResult) -> None:
-        if not result.ok:
-            self.errors_by_reason[str(result.reason)] += 1
-            return
-        self.images += 1
-        self.ok += result.verdict == Verdict.OK
-        self.ng += result.verdict == Verdict.NG
-        self.detector_runs += result.ran_detector
-        t = result.timings_ms
-        self.model_ms += sum(t.get(s, 0.0) for s in MODEL_STAGES) / max(result.batch_size, 1)
+        self.count(result.verdict, None if result.ok else str(result.reason), result.ran_detector)
+        if result.ok:
+            t = result.timings_ms
+            self.model_ms += sum(t.get(s, 0.0) for s in MODEL_STAGES) / max(result.batch_size, 1)
 
     def to_json(self) -> dict[str, Any]:
         n = self.images
-        return {"inputs": self.inputs, "skipped": self.skipped, "records": self.records, "images": n,
-                "errors": self.errors, "errors_by_reason": dict(sorted(self.errors_by_reason.items())),
-                "ok": self.ok, "ng": self.ng, "unfinished": self.unfinished,
-                "gate_pass_rate": self.detector_runs / n if n else None, "att_ms": self.model_ms / n if n else None,
+        return {**super().to_json(), "att_ms": self.model_ms / n if n else None,
                 "end_to_end_ms_per_image": self.wall_ms / self.records if self.records else None}
 
     def text(self) -> str:
         s = self.to_json()
-        by_reason = ", ".join(f"{reason} {count}" for reason, count in s["errors_by_reason"].items())
-        lines = [f"inputs {s['inputs']}: {s['images']} processed ({s['ok']} OK, {s['ng']} NG), {s['errors']} errors"
-                 + (f" ({by_reason})" if by_reason else "")
-                 + (f", {s['skipped']} already recorded (skipped)" if s["skipped"] else "")]
+        lines = [self.headline()]
         if self.images:
             lines.append(f"gate pass rate {s['gate_pass_rate']:.3f} (images that ran the detector)")
             lines.append(f"ATT {s['att_ms']:.2f} ms/image (model stages, batch shared, gate and detector "
                          f"overlapping); end-to-end {s['end_to_end_ms_per_image']:.2f} ms/image (wall clock per "
                          "record: decode, preprocessing, model, writing)")
-        if self.unfinished:
-            lines.append(f"interrupted: {self.unfinished} inputs have no record yet; run the same command again "
-                         "to resume")
-        return "\n".join(lines)
+        return "\n".join(lines + self.unfinished_line())
 
 
 def run_inference(pipeline: Any, inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,

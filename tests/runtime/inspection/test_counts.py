@@ -1,0 +1,40 @@
+"""RecordCounts: the one way batch defectnet-infer and the service client count the records
+they wrote."""
+
+from __future__ import annotations
+
+from defectnet.runtime.inspection.batch import Summary
+from defectnet.runtime.inspection.counts import RecordCounts
+from defectnet.serve.client import ClientSummary
+
+
+def test_every_written_record_is_counted_once() -> None:
+    c = RecordCounts(inputs=6, skipped=1)
+    c.count("OK", None, False)
+    c.count("NG", None, True)
+    c.count("NG", None, True)
+    c.count("ERROR", "decode_failed", False)
+    c.count("something else", None, True)  # not a verdict: an error, not a lost record
+    assert (c.images, c.errors, c.records) == (3, 2, 5)
+    assert c.errors_by_reason == {"decode_failed": 1, "None": 1}
+    s = c.to_json()
+    assert s["gate_pass_rate"] == 2 / 3 and s["ok"] == 1 and s["ng"] == 2
+    assert c.headline() == ("inputs 6: 3 processed (1 OK, 2 NG), 2 errors (None 1, decode_failed 1), "
+                            "1 already recorded (skipped)")
+    assert c.unfinished_line() == []
+    c.unfinished = 2
+    assert c.unfinished_line()[0].startswith("interrupted: 2 inputs have no record yet")
+
+
+def test_batch_and_client_summaries_agree_on_the_same_records() -> None:
+    records = [{"key": "a", "verdict": "OK", "ran_detector": False},
+               {"key": "b", "verdict": "NG", "ran_detector": True},
+               {"key": "c", "verdict": "ERROR", "error": {"reason": "not_found"}}]
+    client = ClientSummary(inputs=3)
+    batch = Summary(inputs=3)
+    for r in records:
+        client.add(r)
+        batch.count(r["verdict"], r.get("error", {}).get("reason"), bool(r.get("ran_detector")))
+    shared = RecordCounts(inputs=3).to_json().keys()
+    assert {k: client.to_json()[k] for k in shared} == {k: batch.to_json()[k] for k in shared}
+    assert client.text().splitlines()[0] == batch.text().splitlines()[0]
