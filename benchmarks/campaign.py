@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from defectnet.runtime.backends.options import DEVICE_PATTERN
 from defectnet.train.config import Variant
 from defectnet.train.schedules import REFERENCE_EPOCHS
 
@@ -125,7 +126,7 @@ class Recipe:
         if min(self.images, self.holdout_images, self.stage1_epochs, self.stage2_epochs, self.threads,
                self.parallel) < 1 or self.workers < 0:
             raise ValueError(f"image counts, epochs, threads and parallel must be >= 1 and workers >= 0: {self}")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+        if not DEVICE_PATTERN.match(self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.seed == self.holdout_seed:
             raise ValueError("the held-out test set needs a seed that no training data uses")

@@ -56,7 +56,7 @@ def test_a_gpu_campaign_trains_and_evaluates_on_the_device(tmp_path: Path,
     assert not [line for line in _plan(tmp_path, capsys) if "--device" in line or "--workers" in line]
 
 
-@pytest.mark.parametrize("name", ["tpu", "cuda0", ""])
+@pytest.mark.parametrize("name", ["tpu", "cuda0", "cuda:x", ""])
 def test_the_device_is_checked(name: str) -> None:
     with pytest.raises(ValueError, match="device must be"):
         campaign.Recipe(device=name)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from defectnet.errors import ConfigError
 
 #: ``cpu``, ``cuda`` or ``cuda:N``.
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _PROVIDER = re.compile(r"^[A-Za-z][A-Za-z0-9]*ExecutionProvider$")
 
 def _providers(value: object) -> str | tuple[str, ...]:
@@ -71,7 +71,7 @@ class BackendOptions:
     def __post_init__(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"threads must be an integer >= 0 (0 = the library's default), got {self.threads!r}")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N = a GPU index), got {self.device!r}")
         if not isinstance(self.allow_spinning, bool):
             raise ConfigError(f"allow_spinning must be True or False, got {self.allow_spinning!r}")
@@ -84,4 +84,4 @@ class BackendOptions:
         return self.providers if isinstance(self.providers, str) else list(self.providers or ())
 
 
-__all__ = ["BackendOptions"]
+__all__ = ["DEVICE_PATTERN", "BackendOptions"]

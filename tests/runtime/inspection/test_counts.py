@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from defectnet.runtime.inspection.batch import Summary
 from defectnet.runtime.inspection.counts import RecordCounts
+from defectnet.runtime.inspection.records import InspectionResult
+from defectnet.runtime.types import Verdict
 from defectnet.serve.client import ClientSummary
 
 
@@ -27,14 +29,15 @@ def test_every_written_record_is_counted_once() -> None:
 
 
 def test_batch_and_client_summaries_agree_on_the_same_records() -> None:
-    records = [{"key": "a", "verdict": "OK", "ran_detector": False},
-               {"key": "b", "verdict": "NG", "ran_detector": True},
-               {"key": "c", "verdict": "ERROR", "error": {"reason": "not_found"}}]
-    client = ClientSummary(inputs=3)
+    results = [InspectionResult("a", "a.png", 0, Verdict.OK, ran_detector=False, batch_size=1),
+               InspectionResult("b", "b.png", 1, Verdict.NG, ran_detector=True, batch_size=1),
+               InspectionResult("c", "c.png", 2, Verdict.ERROR, reason="not_found", message="missing")]
     batch = Summary(inputs=3)
-    for r in records:
-        client.add(r)
-        batch.count(r["verdict"], r.get("error", {}).get("reason"), bool(r.get("ran_detector")))
+    client = ClientSummary(inputs=3)
+    for r in results:
+        batch.add(r)
+        client.add(r.to_json())  # the record the service sends back
     shared = RecordCounts(inputs=3).to_json().keys()
     assert {k: client.to_json()[k] for k in shared} == {k: batch.to_json()[k] for k in shared}
+    assert batch.to_json()["errors_by_reason"] == {"not_found": 1} and batch.to_json()["gate_pass_rate"] == 0.5
     assert client.text().splitlines()[0] == batch.text().splitlines()[0]
